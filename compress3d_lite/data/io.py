@@ -1,0 +1,139 @@
+"""The on-disk format: one ``.npz`` per object, written atomically and byte-for-byte reproducibly.
+
+Keys (README "Data format" has the full table):
+
+    points       (N, 3)       float32  surface samples, data frame ([-0.9, 0.9]^3 box)
+    colors       (N, 3)       float32  rgb in [0, 1] of each surface sample
+    point_parts  (N,)         int16    part (toy) or scene geometry (import) of each sample
+    occ_points   (M, 3)       float32  occupancy queries in [-1, 1]^3
+    occ_labels   (M,)         bool     inside / outside
+    transform    (4, 4)       float64  original frame -> data frame
+    part_names   (P,)         str      names of the parts / scene geometries
+    images       (V, H, W, 4) uint8    rendered RGBA views (alpha = mask)      [when rendered]
+    depths       (V, H, W)    float32  camera-z depth, 0 = background          [when rendered]
+    cam2world    (V, 4, 4)    float64  OpenCV-convention camera poses          [when rendered]
+    intrinsics   (V, 3, 3)    float64  pinhole K in pixels                     [when rendered]
+    category     ()           str      toy category                            [toy objects]
+    part_colors  (P, 3)       float32  colour of each toy part                 [toy objects]
+    source       ()           str      file name the object was imported from  [imports]
+
+``np.savez`` stamps each zip member with the current time, so two runs give different bytes;
+``save_object`` writes the same arrays with fixed zip timestamps instead, to a temporary file
+that is renamed into place only when complete (no half-written object is ever visible).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "compress3d_lite/object-v1"
+REQUIRED = {
+    "points": (np.float32, 2), "colors": (np.float32, 2), "occ_points": (np.float32, 2),
+    "occ_labels": (np.bool_, 1), "transform": (np.float64, 2),
+}
+VIEW_KEYS = ("images", "depths", "cam2world", "intrinsics")
+
+
+class DataFormatError(ValueError):
+    """A file that is not a valid compress3d_lite object."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def npz_bytes(arrays: dict, compress: bool = True) -> bytes:
+    """The bytes of an ``.npz`` of ``arrays`` with fixed timestamps and sorted members."""
+    buf = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buf, "w", compression=method, compresslevel=1 if compress else None) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def save_object(path, arrays: dict) -> None:
+    validate_object(arrays, str(path))
+    atomic_write_bytes(path, npz_bytes(arrays))
+
+
+def validate_object(arrays: dict, name: str = "object") -> None:
+    """Raise DataFormatError naming ``name`` and the first problem found."""
+    for key, (dtype, ndim) in REQUIRED.items():
+        if key not in arrays:
+            raise DataFormatError(f"{name}: missing array '{key}'")
+        a = np.asarray(arrays[key])
+        if a.dtype != dtype or a.ndim != ndim:
+            raise DataFormatError(f"{name}: '{key}' should be {np.dtype(dtype).name} with {ndim} dims, "
+                                  f"got {a.dtype.name} {a.shape}")
+    n, m = len(arrays["points"]), len(arrays["occ_points"])
+    if arrays["points"].shape != (n, 3) or arrays["colors"].shape != (n, 3):
+        raise DataFormatError(f"{name}: points/colors must both be (N, 3)")
+    if arrays["occ_points"].shape != (m, 3) or arrays["occ_labels"].shape != (m,):
+        raise DataFormatError(f"{name}: occ_points (M, 3) and occ_labels (M,) disagree")
+    if not (np.isfinite(arrays["points"]).all() and np.isfinite(arrays["occ_points"]).all()):
+        raise DataFormatError(f"{name}: non-finite coordinates")
+    present = [k for k in VIEW_KEYS if k in arrays]
+    if present and len(present) != len(VIEW_KEYS):
+        raise DataFormatError(f"{name}: views need all of {VIEW_KEYS}, got {present}")
+
+
+def load_object(path) -> dict:
+    """Read one object ``.npz`` into a dict of arrays (0-d string arrays become ``str``)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: no such file") from None
+    except Exception as e:  # zipfile.BadZipFile, ValueError, OSError, EOFError ...
+        raise DataFormatError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    validate_object(arrays, str(path))
+    for k in ("category", "source"):
+        if k in arrays and arrays[k].ndim == 0:
+            arrays[k] = str(arrays[k])
+    return arrays
+
+
+def write_index(out_dir, entries: list, **info) -> Path:
+    """``index.json`` of a dataset folder: format tag, how it was made, one entry per object."""
+    path = Path(out_dir) / "index.json"
+    doc = {"format": FORMAT, **info, "objects": entries}
+    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
+    return path
+
+
+def read_index(data_dir) -> dict:
+    path = Path(data_dir) / "index.json"
+    if not path.exists():
+        raise DataFormatError(f"{path}: missing; is {data_dir} a compress3d_lite dataset folder?")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    if doc.get("format") != FORMAT:
+        raise DataFormatError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    return doc
