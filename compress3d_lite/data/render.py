@@ -49,19 +49,30 @@ def ray_intersector(mesh: trimesh.Trimesh):
 
 
 def first_hits(intersector, mesh, origins, directions):
-    """First hit of every ray -> (hit (n,) bool, face (n,), distance (n,), bary (n, 3))."""
+    """First hit of every ray -> (hit (n,) bool, face (n,), distance (n,), bary (n, 3)).
+
+    The intersector finds the face; distance and barycentrics are then solved exactly on that
+    face (Moller-Trumbore), which is cheaper than asking trimesh for hit locations.
+    """
     n = len(origins)
-    tri, ray, loc = intersector.intersects_id(
-        origins, directions, multiple_hits=False, return_locations=True
-    )
-    hit = np.zeros(n, bool)
-    face = np.zeros(n, np.int64)
+    face = np.asarray(intersector.intersects_first(origins, directions), np.int64)
+    hit = face >= 0
+    face = np.where(hit, face, 0)
     dist = np.zeros(n, np.float64)
     bary = np.zeros((n, 3), np.float64)
-    if len(tri):
-        hit[ray], face[ray] = True, tri
-        dist[ray] = np.einsum("ij,ij->i", loc - origins[ray], directions[ray])
-        bary[ray] = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], loc)
+    if hit.any():
+        tri = mesh.triangles[face[hit]]  # (h, 3, 3)
+        o, d = origins[hit], directions[hit]
+        e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+        pvec = np.cross(d, e2)
+        det = np.einsum("ij,ij->i", e1, pvec)
+        det = np.where(np.abs(det) < 1e-12, 1e-12, det)
+        tvec = o - tri[:, 0]
+        u = np.einsum("ij,ij->i", tvec, pvec) / det
+        qvec = np.cross(tvec, e1)
+        v = np.einsum("ij,ij->i", d, qvec) / det
+        dist[hit] = np.einsum("ij,ij->i", e2, qvec) / det
+        bary[hit] = np.clip(np.stack([1 - u - v, u, v], axis=1), 0, 1)
     return hit, face, dist, bary
 
 
@@ -101,13 +112,18 @@ def orbit_cameras(n_views, rng, radius=3.2, elevation_deg=(-10.0, 40.0)) -> np.n
     return np.stack([look_at(e) for e in eyes]) if n_views else np.zeros((0, 4, 4))
 
 
-def camera_rays(cam2world, K, resolution):
-    """Rays through pixel centres: origins (H*W, 3), unit directions (H*W, 3), and the
-    camera-z component of each unit direction (to turn ray length into depth)."""
+def _pixel_directions(K, resolution):
+    """Unit ray directions through every pixel centre, in the camera frame: (H*W, 3)."""
     v, u = np.meshgrid(np.arange(resolution), np.arange(resolution), indexing="ij")
     pix = np.stack([u.ravel() + 0.5, v.ravel() + 0.5, np.ones(u.size)], axis=1)
     d_cam = pix @ np.linalg.inv(K).T  # (H*W, 3), z = 1
-    d_cam /= np.linalg.norm(d_cam, axis=1, keepdims=True)
+    return d_cam / np.linalg.norm(d_cam, axis=1, keepdims=True)
+
+
+def camera_rays(cam2world, K, resolution, d_cam=None):
+    """Rays through pixel centres: origins (H*W, 3), unit directions (H*W, 3), and the
+    camera-z component of each unit direction (to turn ray length into depth)."""
+    d_cam = _pixel_directions(K, resolution) if d_cam is None else d_cam
     d_world = d_cam @ cam2world[:3, :3].T
     origins = np.broadcast_to(cam2world[:3, 3], d_world.shape).copy()
     return origins, d_world, d_cam[:, 2]
@@ -129,8 +145,9 @@ def render_views(cmesh: ColoredMesh, cam2world: np.ndarray, K: np.ndarray, resol
     n_views, hw = len(cam2world), resolution * resolution
     images = np.zeros((n_views, hw, 4), np.uint8)
     depths = np.zeros((n_views, hw), np.float32)
+    d_cam = _pixel_directions(K, resolution)
     for i, c2w in enumerate(cam2world):
-        origins, dirs, dz = camera_rays(c2w, K, resolution)
+        origins, dirs, dz = camera_rays(c2w, K, resolution, d_cam)
         hit, face, dist, bary = first_hits(intersector, mesh, origins, dirs)
         albedo = cmesh.colors_at(face[hit], bary[hit])  # (n_hit, 3)
         cos = np.abs(np.einsum("ij,ij->i", mesh.face_normals[face[hit]], dirs[hit]))

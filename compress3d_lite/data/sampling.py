@@ -4,9 +4,9 @@ One example holds
 
 * ``points`` (N, 3) / ``colors`` (N, 3): area-uniform coloured surface samples, the VAE's
   input point cloud (paper_notes 2.1: a coloured point cloud, N x 6);
-* ``occ_points`` (M, 3) / ``occ_labels`` (M,): occupancy queries, half uniform in [-1, 1]^3 and
-  half near the surface (surface samples plus gaussian offsets at two scales), with labels
-  from an exact or robust inside test;
+* ``occ_points`` (M, 3) / ``occ_labels`` (M,): occupancy queries, uniform in [-1, 1]^3 and near
+  the surface (the surface samples plus gaussian offsets at two scales), with labels from an
+  exact or robust inside test;
 * optionally ``images`` / ``depths`` / ``cam2world`` / ``intrinsics``: rendered views.
 
 The same function serves toy objects (exact labels from the composition) and imported meshes
@@ -41,7 +41,7 @@ def sample_surface(cmesh: ColoredMesh, n: int, rng, keep: Callable | None = None
     """``n`` coloured surface samples; ``keep(points, part_ids) -> bool mask`` may reject some
     (oversampling until ``n`` are kept)."""
     pts, cols, parts = [], [], []
-    have, draw = 0, n
+    have, draw = 0, n if keep is None else int(1.25 * n)
     for _ in range(20):
         p, c, k = cmesh.sample_surface(draw, seed=rng)
         if keep is not None:
@@ -61,10 +61,9 @@ def make_example(cmesh: ColoredMesh, spec: SampleSpec, rng: np.random.Generator,
                  inside: Callable[[np.ndarray], np.ndarray], keep: Callable | None = None) -> dict:
     """All arrays of one object (see module docstring), deterministic given ``rng``."""
     points, colors, parts = sample_surface(cmesh, spec.n_points, rng, keep)
-    near_src, _, _ = sample_surface(cmesh, max(spec.n_near, 1), rng, keep)
     occ_points = np.concatenate([
         uniform_queries(spec.n_uniform, rng),
-        near_surface_queries(near_src, spec.n_near, spec.near_sigmas, rng),
+        near_surface_queries(points, spec.n_near, spec.near_sigmas, rng),
     ])
     example = {
         "points": points.astype(np.float32),

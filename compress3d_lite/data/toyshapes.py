@@ -292,6 +292,7 @@ class ToyObject:
     parts: list  # Primitive, in the data frame
     part_colors: np.ndarray  # (P, 3) float32 in [0, 1]
     transform: np.ndarray  # (4, 4) recipe frame -> data frame
+    meshes: list  # trimesh.Trimesh of each part, in the data frame
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Exact occupancy of the union of the parts: (N, 3) -> (N,) bool."""
@@ -311,20 +312,24 @@ class ToyObject:
         return ~covered
 
     def colored_mesh(self) -> ColoredMesh:
+        """All parts as one mesh, each part with its constant colour."""
         return ColoredMesh.from_parts(
-            [(n, p.mesh(), ConstantColor(c)) for n, p, c in zip(self.part_names, self.parts, self.part_colors)]
+            [(n, m, ConstantColor(c)) for n, m, c in zip(self.part_names, self.meshes, self.part_colors)]
         )
 
 
-def _normalise(parts: list[Primitive]) -> np.ndarray:
+def _normalise(parts: list[Primitive]) -> tuple:
+    """Centre and scale the parts (in place) so that their meshes fit in [-0.9, 0.9]^3.
+    Returns the similarity transform and the placed part meshes."""
     meshes = [p.mesh() for p in parts]
     lo = np.min([m.bounds[0] for m in meshes], axis=0)
     hi = np.max([m.bounds[1] for m in meshes], axis=0)
     scale = 2 * HALF_EXTENT / np.max(hi - lo)
     t = similarity(-(lo + hi) / 2 * scale, scale=scale)
-    for p in parts:
+    for p, m in zip(parts, meshes):
         p.placed(t)
-    return t
+        m.apply_transform(t)
+    return t, meshes
 
 
 def object_rng(seed: int, index: int) -> np.random.Generator:
@@ -350,6 +355,63 @@ def make_toy_object(seed: int, index: int, category: str | None = None) -> ToyOb
         raise ValueError(f"unknown toy category {category!r}; known: {', '.join(names)}")
     recipe = CATEGORIES[category](rng, Palette(rng))
     parts = [p for _, p, _ in recipe]
-    transform = _normalise(parts)
+    transform, meshes = _normalise(parts)
     colors = np.clip(np.array([c for _, _, c in recipe], np.float32), 0, 1)
-    return ToyObject(category, [n for n, _, _ in recipe], parts, colors, transform)
+    return ToyObject(category, [n for n, _, _ in recipe], parts, colors, transform, meshes)
+
+
+# ------------------------------------------------------------------------------------------
+# writing a dataset folder
+
+
+def _write_one(job) -> dict:
+    """Worker: make, render and save object ``index``; returns its index.json entry."""
+    seed, index, spec_dict, out_dir, png = job
+    from pathlib import Path
+
+    from .io import save_object
+
+    spec = SampleSpec.from_dict(spec_dict)
+    obj = make_toy_object(seed, index)
+    example = toy_example(obj, spec, object_rng(seed, index))
+    name = f"{index:06d}.npz"
+    save_object(Path(out_dir) / name, example)
+    if png and spec.views:
+        from PIL import Image
+
+        for v, image in enumerate(example["images"]):
+            Image.fromarray(image).save(Path(out_dir) / "images" / f"{index:06d}_{v}.png")
+    return {"file": name, "index": index, "category": obj.category, "n_parts": len(obj.parts)}
+
+
+def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int = 0, workers: int = 1,
+                    png: bool = False, progress: bool = True, start: int = 0) -> list:
+    """Generate objects ``start .. start+n-1`` of the toy set with ``seed`` into ``out_dir``
+    (one ``NNNNNN.npz`` each, plus ``index.json``; ``png`` also writes the views as PNG files).
+    Output bytes do not depend on ``workers``."""
+    import os
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .io import write_index
+    from .render import ray_backend
+
+    spec = spec or SampleSpec()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if png:
+        (out_dir / "images").mkdir(exist_ok=True)
+    jobs = [(seed, i, spec.to_dict(), str(out_dir), png) for i in range(start, start + n)]
+    bar = dict(total=n, desc="toyshapes", unit="obj", disable=not progress)
+    workers = max(1, min(int(workers), n, os.cpu_count() or 1))
+    if workers == 1:
+        entries = [_write_one(j) for j in tqdm(jobs, **bar)]
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            entries = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
+    write_index(out_dir, entries, generator="toyshapes", seed=seed, spec=spec.to_dict(),
+                categories=list(CATEGORIES), ray_backend=ray_backend())
+    return entries

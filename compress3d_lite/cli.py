@@ -1,0 +1,201 @@
+"""``compress3d-lite``: the command line.
+
+    compress3d-lite demo [--out DIR]                    make and view a toy sample (the main job, for now)
+    compress3d-lite data toyshapes --n N --out DIR [--views V] [--seed S] [--res R] [--workers K] [--png]
+    compress3d-lite data import PATH... --out DIR [--views V] [--seed S] [--res R]
+    compress3d-lite data view OBJECT.npz [-o OUT.html]
+    compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
+
+Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _spec_from_args(args, **overrides):
+    from .config import SampleSpec
+
+    spec = SampleSpec(views=args.views, resolution=args.res, n_points=args.points,
+                      n_uniform=args.occ // 2, n_near=args.occ - args.occ // 2)
+    for k, v in overrides.items():
+        setattr(spec, k, v)
+    if spec.views < 0 or spec.resolution < 8 or spec.n_points < 1 or args.occ < 2:
+        raise CLIError("--views must be >= 0, --res >= 8, --points >= 1 and --occ >= 2")
+    return spec
+
+
+def _add_sampling_args(p, views=4):
+    p.add_argument("--views", type=int, default=views, help="rendered views per object (default %(default)s)")
+    p.add_argument("--res", type=int, default=128, help="view resolution in pixels (default %(default)s)")
+    p.add_argument("--points", type=int, default=4096, help="surface points per object (default %(default)s)")
+    p.add_argument("--occ", type=int, default=16384,
+                   help="occupancy queries per object, half uniform, half near the surface (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_toyshapes(args):
+    from .data.render import ray_backend
+    from .data.toyshapes import write_toyshapes
+
+    if args.n < 1:
+        raise CLIError("--n must be >= 1")
+    spec = _spec_from_args(args)
+    print(f"toyshapes: {args.n} objects, seed {args.seed}, {spec.views} views at {spec.resolution}px, "
+          f"ray caster: {ray_backend()}, {args.workers} worker(s)")
+    t0 = time.time()
+    write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png,
+                    start=args.start)
+    dt = time.time() - t0
+    print(f"wrote {args.n} objects to {args.out} in {dt:.1f} s ({args.n / dt:.1f} objects/s)")
+    return 0
+
+
+def cmd_import(args):
+    from .data.mesh_import import import_files
+
+    spec = _spec_from_args(args)
+    entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
+    print(f"imported {len(entries)} object(s) into {args.out}")
+    if failures:
+        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
+        for path, message in failures:
+            print(f"  error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_view(args):
+    from . import viz
+    from .data.io import load_object
+
+    obj = load_object(args.object)
+    out = Path(args.output or Path(args.object).with_suffix(".html"))
+    fig = viz.object_figure(obj)
+    paths = [viz.save_html(fig, out)]
+    if "images" in obj:
+        paths.append(viz.save_html(viz.image_grid(list(obj["images"])), out.with_name(out.stem + "_views.html")))
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_sample_meshes(args):
+    from .data.sample_meshes import write_sample_meshes
+
+    for p in write_sample_meshes(args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_demo(args):
+    """The main job on the shipped defaults: a few toy objects + one imported mesh, viewed."""
+    from . import viz
+    from .config import SampleSpec
+    from .data.io import load_object
+    from .data.mesh_import import import_mesh
+    from .data.render import ray_backend
+    from .data.toyshapes import write_toyshapes
+
+    out = Path(args.out)
+    spec = SampleSpec(views=4, resolution=128)
+    print(f"compress3d_lite demo (ray caster: {ray_backend()}): toy objects -> {out / 'toyshapes'}")
+    entries = write_toyshapes(args.n, out / "toyshapes", spec, seed=args.seed, workers=1)
+    figures = []
+    for e in entries[: min(len(entries), 4)]:
+        obj = load_object(out / "toyshapes" / e["file"])
+        figures.append((f"toy {e['category']}", obj))
+    sample = Path(__file__).resolve().parents[1] / "data_samples" / "meshes" / "toy_lamp.glb"
+    if sample.exists():
+        figures.append((f"imported {sample.name}", import_mesh(sample, spec, seed=args.seed)))
+    written = []
+    for i, (title, obj) in enumerate(figures):
+        written.append(viz.save_html(viz.object_figure(obj, title=title), out / f"object_{i}.html"))
+        if "images" in obj:
+            written.append(viz.save_html(viz.image_grid(list(obj["images"])), out / f"object_{i}_views.html"))
+    for p in written:
+        print(f"wrote {p}")
+    print(f"open {written[0]} in a browser to explore the first object")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress3d-lite", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="make and view a small toy sample (the main job, for now)")
+    d.add_argument("--out", default="outputs/demo", help="output folder (default %(default)s)")
+    d.add_argument("--n", type=int, default=4, help="toy objects to make (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
+
+    t = data.add_parser("toyshapes", help="generate procedural coloured objects")
+    t.add_argument("--n", type=int, required=True, help="number of objects")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--start", type=int, default=0, help="index of the first object (default %(default)s)")
+    t.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    t.add_argument("--png", action="store_true", help="also save the rendered views as PNG files")
+    _add_sampling_args(t)
+    t.set_defaults(func=cmd_toyshapes)
+
+    i = data.add_parser("import", help="import GLB/glTF/OBJ/PLY meshes or scenes")
+    i.add_argument("paths", nargs="+", help="mesh files or folders")
+    i.add_argument("--out", required=True, help="output folder")
+    _add_sampling_args(i)
+    i.set_defaults(func=cmd_import)
+
+    v = data.add_parser("view", help="write an HTML viewer of one object .npz")
+    v.add_argument("object", help="an object .npz")
+    v.add_argument("-o", "--output", help="output .html (default: next to the object)")
+    v.set_defaults(func=cmd_view)
+
+    s = data.add_parser("sample-meshes", help="write our own small example meshes (OBJ+MTL+PNG, GLB, PLY)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_sample_meshes)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.io import DataFormatError
+
+    known = (CLIError, DataFormatError, FileNotFoundError)
+    try:
+        from .data.mesh_import import MeshImportError
+
+        known = known + (MeshImportError,)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return args.func(args)
+    except known as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
