@@ -1,0 +1,50 @@
+"""The command line: the toy dataset command, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from compress3d_lite.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "compress3d_lite.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_toyshapes_command_writes_a_readable_dataset(tmp_path):
+    out = tmp_path / "toy"
+    r = run_cli("data", "toyshapes", "--n", "3", "--out", str(out), "--views", "2", "--res", "32",
+                "--points", "256", "--occ", "512", "--seed", "1", "--workers", "1", "--png")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 objects" in r.stdout and "ray caster" in r.stdout
+    index = json.loads((out / "index.json").read_text())
+    assert [e["file"] for e in index["objects"]] == ["000000.npz", "000001.npz", "000002.npz"]
+    assert len(list((out / "images").glob("*.png"))) == 6
+    r = run_cli("data", "view", str(out / "000001.npz"), "-o", str(tmp_path / "v.html"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "v.html").stat().st_size > 10_000 and (tmp_path / "v_views.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "toyshapes", "--n", "0", "--out", "x"], "--n must be >= 1"),
+    (["data", "toyshapes", "--n", "2", "--out", "x", "--views", "-1"], "--views must be >= 0"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_view_of_a_broken_file_exits_2_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "broken.npz"
+    bad.write_text("not an npz")
+    assert main(["data", "view", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and "not a readable .npz" in err and "\n" not in err
+    assert main(["data", "view", str(tmp_path / "missing.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npz"]
