@@ -59,8 +59,8 @@ class SampleSpec:
     views: int = 4  # rendered views per object (0: none)
     resolution: int = 128  # view size in pixels (square)
     fov_deg: float = 40.0  # vertical field of view of the pinhole camera
-    radius: float = 3.2  # camera distance from the origin
-    elevation_deg: tuple = (-10.0, 40.0)  # camera elevation range (degrees above the xz... see render.py)
+    radius: float = 4.6  # camera distance: the whole [-0.9, 0.9]^3 box (radius 1.56) is in view
+    elevation_deg: tuple = (-10.0, 40.0)  # camera elevation above the xz plane (y is up), degrees
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -136,3 +136,18 @@ def test_random_proportions_and_palettes_vary_within_a_category():
 def test_unknown_category_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown toy category 'spaceship'"):
         make_toy_object(0, 0, category="spaceship")
+
+
+def test_default_cameras_keep_the_whole_object_box_in_view():
+    from compress3d_lite.data.render import intrinsics, orbit_cameras, render_views
+    from compress3d_lite.data.surface import ColoredMesh, ConstantColor
+
+    box = trimesh.creation.box(extents=(1.8, 1.8, 1.8))  # the largest object the data frame allows
+    cm = ColoredMesh.from_parts([("box", box, ConstantColor((1, 0, 0)))])
+    spec = SampleSpec()
+    cams = orbit_cameras(8, np.random.default_rng(0), spec.radius, spec.elevation_deg)
+    images, _ = render_views(cm, cams, intrinsics(64, spec.fov_deg), 64)
+    alpha = images[..., 3]
+    assert alpha.any(axis=(1, 2)).all()
+    border = np.concatenate([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], axis=1)
+    assert not border.any(), "object box touches the image border"

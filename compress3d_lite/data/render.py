@@ -9,7 +9,9 @@ Camera model (saved with every rendered object):
 * ``depth``: z in the camera frame (not the ray length), 0 where the ray hits nothing.
   A pixel's world point is ``cam2world @ [depth * K^-1 (u + .5, v + .5, 1), 1]``.
 * The world is y-up; orbit cameras look at the origin from ``radius`` away, with elevation
-  measured from the xz plane towards +y.
+  measured from the xz plane towards +y. The default radius 4.6 with a 40 degree field of view
+  keeps the whole [-0.9, 0.9]^3 object box in every view: its bounding sphere (radius 1.56)
+  subtends at most asin(1.56 / 4.6) = 19.8 degrees, inside the 20 degree half-angle.
 
 Rays are cast with Intel Embree (package ``embreex``) when it is installed, otherwise with
 trimesh's pure-python/rtree intersector (about 50x slower, same results). ``ray_backend()`` says
@@ -100,7 +102,7 @@ def intrinsics(resolution: int, fov_deg: float) -> np.ndarray:
     return np.array([[f, 0, resolution / 2], [0, f, resolution / 2], [0, 0, 1.0]])
 
 
-def orbit_cameras(n_views, rng, radius=3.2, elevation_deg=(-10.0, 40.0)) -> np.ndarray:
+def orbit_cameras(n_views, rng, radius=4.6, elevation_deg=(-10.0, 40.0)) -> np.ndarray:
     """``n_views`` cam2world matrices (n, 4, 4) evenly spread in azimuth (random start),
     elevation uniform in ``elevation_deg``; all look at the origin."""
     azimuth = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n_views) / max(n_views, 1)
