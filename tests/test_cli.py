@@ -48,3 +48,25 @@ def test_view_of_a_broken_file_exits_2_naming_the_file(tmp_path, capsys):
     assert main(["data", "view", str(tmp_path / "missing.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.npz"]
+
+
+def test_import_batch_keeps_good_files_lists_failures_and_exits_2(tmp_path):
+    from compress3d_lite.data.sample_meshes import write_sample_meshes
+
+    meshes = tmp_path / "meshes"
+    write_sample_meshes(meshes)
+    bad_obj = tmp_path / "notes.obj"
+    bad_obj.write_text("this is not a mesh\n")
+    empty = tmp_path / "empty.glb"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    r = run_cli("data", "import", str(meshes / "toy_lamp.glb"), str(bad_obj), str(empty),
+                str(tmp_path / "missing.ply"), str(meshes / "crate.obj"), "--out", str(out),
+                "--views", "1", "--res", "32", "--points", "256", "--occ", "512")
+    assert r.returncode == 2
+    assert "imported 2 object(s)" in r.stdout
+    errors = [line for line in r.stderr.splitlines() if line.strip().startswith("error:")]
+    assert len(errors) == 3
+    for path in (bad_obj, empty, tmp_path / "missing.ply"):
+        assert sum(str(path) in line for line in errors) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["crate.npz", "index.json", "toy_lamp.npz"]
