@@ -25,8 +25,7 @@ from plotly.subplots import make_subplots
 from .data.io import atomic_write_bytes
 
 INSIDE_COLOR = "rgb(31,119,180)"  # plotly blue: occupied queries / cells
-OUTSIDE_COLOR = "rgb(160,160,160)"
-EYE = dict(x=1.3, y=0.9, z=1.6)  # front-right, a little above (y is up)
+EYE = dict(x=0.9, y=0.6, z=1.2)  # front-right, a little above (y is up); |eye| sets the zoom
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,8 +81,8 @@ def _scene(lim: float | None = 1.0) -> dict:
 
 
 def _layout_3d(fig: go.Figure, title, lim) -> go.Figure:
-    fig.update_layout(scene=_scene(lim), title=title, margin=dict(l=0, r=0, t=40 if title else 10, b=0),
-                      height=480, showlegend=False)
+    fig.update_layout(scene=_scene(lim), title=title, height=480, showlegend=False,
+                      margin=dict(l=0, r=0, t=40 if title else 10, b=0))
     return fig
 
 
@@ -92,6 +91,7 @@ def _layout_3d(fig: go.Figure, title, lim) -> go.Figure:
 
 
 def mesh_trace(vertices, faces, vertex_colors=None, face_colors=None, name="mesh") -> go.Mesh3d:
+    """(V, 3) vertices + (F, 3) int faces -> a flat-shaded ``go.Mesh3d`` (grey without colours)."""
     v = _as_points(vertices, "vertices")
     f = np.asarray(faces)
     if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
@@ -115,6 +115,7 @@ def mesh_trace(vertices, faces, vertex_colors=None, face_colors=None, name="mesh
 
 def points_trace(points, colors=None, max_points=20000, size=2, seed=0, name="points",
                  opacity=1.0) -> go.Scatter3d:
+    """(N, 3) points -> ``go.Scatter3d`` markers, at most ``max_points`` of them (seeded subset)."""
     p = _as_points(points)
     keep = _subsample(len(p), max_points, seed)
     color = INSIDE_COLOR if colors is None else rgb_strings(_rgb01(colors, len(p))[keep])
@@ -185,7 +186,8 @@ def object_figure(example: dict, max_points=20000, title=None) -> go.Figure:
         fig.add_trace(trace, row=1, col=2)
     if "images" in example:
         fig.add_trace(go.Image(z=_composite(example["images"][0], (255, 255, 255))), row=1, col=3)
-        fig.update_xaxes(visible=False), fig.update_yaxes(visible=False)
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     fig.update_scenes(**_scene())
     default = example.get("category", example.get("source"))
     fig.update_layout(title=title or (str(default) if default is not None else None), height=420,
@@ -207,7 +209,7 @@ def _slice(volume_or_fn, axis, coords, idx) -> np.ndarray:
         vv, hh = np.meshgrid(coords, coords, indexing="ij")  # (R, R) rows = vertical
         pts = np.zeros((hh.size, 3))
         pts[:, _AXIS[h]], pts[:, _AXIS[v]], pts[:, _AXIS[axis]] = hh.ravel(), vv.ravel(), coords[idx]
-        return np.asarray(volume_or_fn(pts), dtype=np.float64).reshape(len(coords), len(coords))
+        return np.asarray(volume_or_fn(pts)).reshape(len(coords), len(coords))
     s = np.take(volume_or_fn, idx, axis=_AXIS[axis])  # 2D, remaining axes in x, y, z order
     return s if _AXIS[h] > _AXIS[v] else s.T  # rows must be the vertical axis
 
@@ -224,7 +226,7 @@ def occupancy_slices(volume_or_fn: np.ndarray | Callable, axis="z", resolution=6
     if axis not in _PLANE:
         raise ValueError(f"axis must be 'x', 'y' or 'z', got {axis!r}")
     if not callable(volume_or_fn):
-        volume_or_fn = np.asarray(volume_or_fn, dtype=np.float64)
+        volume_or_fn = np.asarray(volume_or_fn)
         if volume_or_fn.ndim != 3 or len(set(volume_or_fn.shape)) != 1:
             raise ValueError(f"volume must be a cubic (R, R, R) array, got {volume_or_fn.shape}")
         resolution = volume_or_fn.shape[0]
@@ -233,7 +235,10 @@ def occupancy_slices(volume_or_fn: np.ndarray | Callable, axis="z", resolution=6
     coords = np.linspace(-lim, lim, resolution)
     idx = np.round(np.linspace(0, resolution - 1, n_frames)).astype(int)
     slices = [_slice(volume_or_fn, axis, coords, i) for i in idx]
-    zmin, zmax = min(s.min() for s in slices), max(s.max() for s in slices)
+    # 0/1 occupancy travels as uint8 (8x smaller saved figures), anything else as float32
+    dtype = np.uint8 if all(s.dtype == bool for s in slices) else np.float32
+    slices = [s.astype(dtype) for s in slices]
+    zmin, zmax = float(min(s.min() for s in slices)), float(max(s.max() for s in slices))
     scale = colors or [[0.0, "white"], [1.0, INSIDE_COLOR]]
     h, v = _PLANE[axis]
 
@@ -259,7 +264,7 @@ def occupancy_slices(volume_or_fn: np.ndarray | Callable, axis="z", resolution=6
         yaxis=dict(title=v, range=[-lim, lim], scaleanchor="x", constrain="domain"),
         updatemenus=[play], margin=dict(l=40, r=20, t=50, b=20),
         sliders=[dict(active=start, steps=steps, x=0.12, len=0.88, y=-0.02, yanchor="top",
-                      currentvalue=dict(prefix="slice "), pad=dict(t=30))])
+                      currentvalue=dict(prefix=""), pad=dict(t=30))])
     return fig
 
 

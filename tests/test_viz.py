@@ -7,6 +7,7 @@ import pytest
 from compress3d_lite import viz
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data import make_toy_object, object_rng, toy_example
+from compress3d_lite.data.io import atomic_write_bytes
 
 SMALL = SampleSpec(n_points=512, n_uniform=1024, n_near=1024, views=2, resolution=32)
 
@@ -124,6 +125,9 @@ def test_slices_frames_and_slider(axis):
     assert fig.layout.sliders[0].active == 3 and fig.data[0].z.shape == (24, 24)
     assert fig.frames[0].data[0].z.max() == 0 and fig.frames[3].data[0].z.max() == 1  # edge vs centre
     assert fig.layout.updatemenus[0].buttons[0].method == "animate"  # play button
+    assert fig.data[0].z.dtype == np.uint8  # a boolean field travels as bytes
+    field = viz.occupancy_slices(lambda p: p[:, 0], axis=axis, resolution=8, n_frames=2)
+    assert field.data[0].z.dtype == np.float32 and field.data[0].zmin == pytest.approx(-1)
 
 
 def test_slices_orientation_volume_matches_function():
@@ -200,9 +204,17 @@ def test_object_figure(toy):
     assert [t.type for t in viz.object_figure(no_views).data] == ["scatter3d", "scatter3d"]
 
 
-def test_save_html_is_atomic_and_standalone(tmp_path):
+def test_save_html_is_atomic_and_standalone(tmp_path, monkeypatch):
+    calls = []
+
+    def spy(path, data):
+        calls.append(path)
+        return atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(viz, "atomic_write_bytes", spy)
     fig = viz.points_figure(np.zeros((5, 3)))
     path = viz.save_html(fig, tmp_path / "sub" / "points.html")
+    assert calls == [path]  # written through the temp-file-and-rename helper
     assert path == tmp_path / "sub" / "points.html"
     text = path.read_text()
     assert "plotly" in text and 'src="https://cdn.plot.ly' in text
