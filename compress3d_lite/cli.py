@@ -86,13 +86,21 @@ def cmd_view(args):
 
     obj = load_object(args.object)
     out = Path(args.output or Path(args.object).with_suffix(".html"))
-    fig = viz.object_figure(obj)
-    paths = [viz.save_html(fig, out)]
-    if "images" in obj:
-        paths.append(viz.save_html(viz.image_grid(list(obj["images"])), out.with_name(out.stem + "_views.html")))
-    for p in paths:
-        print(f"wrote {p}")
+    print(f"wrote {viz.save_html(_object_figures(obj, Path(args.object).name), out)}")
     return 0
+
+
+def _object_figures(obj: dict, title: str) -> list:
+    """The viewers of one object: points | occupancy (| view 0), and its views as a grid."""
+    from . import viz
+
+    figs = [viz.object_figure(obj, title=title)]
+    if "images" in obj:
+        figs.append(viz.image_grid(list(obj["images"]) + list(obj["depths"]),
+                                   titles=[f"view {i}" for i in range(len(obj["images"]))]
+                                   + [f"depth {i}" for i in range(len(obj["depths"]))],
+                                   cols=len(obj["images"])))
+    return figs
 
 
 def cmd_sample_meshes(args):
@@ -123,14 +131,10 @@ def cmd_demo(args):
     sample = Path(__file__).resolve().parents[1] / "data_samples" / "meshes" / "toy_lamp.glb"
     if sample.exists():
         figures.append((f"imported {sample.name}", import_mesh(sample, spec, seed=args.seed)))
-    written = []
-    for i, (title, obj) in enumerate(figures):
-        written.append(viz.save_html(viz.object_figure(obj, title=title), out / f"object_{i}.html"))
-        if "images" in obj:
-            written.append(viz.save_html(viz.image_grid(list(obj["images"])), out / f"object_{i}_views.html"))
-    for p in written:
-        print(f"wrote {p}")
-    print(f"open {written[0]} in a browser to explore the first object")
+    page = viz.save_html([f for title, obj in figures for f in _object_figures(obj, title)],
+                         out / "index.html", title="compress3d_lite demo")
+    print(f"wrote {page}: open it in a browser to explore {len(figures)} objects "
+          f"(coloured points, occupancy, rendered views and depth)")
     return 0
 
 

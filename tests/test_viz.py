@@ -157,6 +157,17 @@ def test_slices_bad_input():
 # -- images ----------------------------------------------------------------------------------
 
 
+def _pixels(trace) -> np.ndarray:
+    """The RGB pixels of a go.Image trace drawn from a PNG data URI."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert isinstance(trace, go.Image) and trace.source.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(trace.source.split(",", 1)[1]))))
+
+
 def test_image_grid_composites_alpha():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[0, 0] = (200, 100, 0, 255)  # opaque: unchanged
@@ -164,12 +175,12 @@ def test_image_grid_composites_alpha():
     rgba[1, 0] = (10, 20, 30, 0)  # transparent: the background
     fig = viz.image_grid([rgba], titles=["a"])
     (trace,) = fig.data
-    z = np.asarray(trace.z)
-    assert isinstance(trace, go.Image) and z.shape == (2, 2, 3) and z.dtype == np.uint8
+    z = _pixels(trace)
+    assert z.shape == (2, 2, 3) and z.dtype == np.uint8
     assert z[0, 0].tolist() == [200, 100, 0]
     assert z[0, 1].tolist() == [227, 177, 127]
     assert z[1, 0].tolist() == [255, 255, 255]
-    z_black = np.asarray(viz.image_grid([rgba], background=(0, 0, 0)).data[0].z)
+    z_black = _pixels(viz.image_grid([rgba], background=(0, 0, 0)).data[0])
     assert z_black[1, 0].tolist() == [0, 0, 0] and z_black[0, 1].tolist() == [100, 50, 0]
 
 
