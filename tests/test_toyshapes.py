@@ -151,3 +151,18 @@ def test_default_cameras_keep_the_whole_object_box_in_view():
     assert alpha.any(axis=(1, 2)).all()
     border = np.concatenate([alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1]], axis=1)
     assert not border.any(), "object box touches the image border"
+
+
+def test_rtree_fallback_renders_the_same_views(monkeypatch):
+    from compress3d_lite.data import render
+
+    obj = make_toy_object(0, 5)
+    spec = SampleSpec(n_points=256, n_uniform=256, n_near=256, views=2, resolution=40)
+    fast = toy_example(obj, spec, object_rng(0, 5))
+    monkeypatch.setattr(render, "ray_backend", lambda: "rtree")
+    assert "ray_triangle" in type(render.ray_intersector(obj.colored_mesh().mesh)).__module__
+    slow = toy_example(obj, spec, object_rng(0, 5))
+    same_mask = (fast["images"][..., 3] == slow["images"][..., 3]).mean()
+    assert same_mask > 0.998
+    both = (fast["depths"] > 0) & (slow["depths"] > 0)
+    np.testing.assert_allclose(fast["depths"][both], slow["depths"][both], atol=1e-4)
