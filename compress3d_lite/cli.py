@@ -71,9 +71,12 @@ def cmd_import(args):
 
     spec = _spec_from_args(args)
     entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
-    print(f"imported {len(entries)} object(s) into {args.out}")
+    if entries:
+        print(f"imported {len(entries)} object(s) into {args.out}")
+    else:
+        print("imported nothing; no output written")
     if failures:
-        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
+        print(f"{len(failures)} of {len(entries) + len(failures)} file(s) failed:", file=sys.stderr)
         for path, message in failures:
             print(f"  error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
