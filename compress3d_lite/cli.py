@@ -5,6 +5,7 @@
     compress3d-lite data import PATH... --out DIR [--views V] [--seed S] [--res R]
     compress3d-lite data view OBJECT.npz [-o OUT.html]
     compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
+    compress3d-lite train ae --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
 """
@@ -114,6 +115,21 @@ def cmd_sample_meshes(args):
     return 0
 
 
+def cmd_train(args):
+    from .train import train_ae
+
+    overrides = {}
+    if args.no_attn:
+        overrides["attn"] = False
+    if args.attn_res:
+        overrides["attn_res"] = args.attn_res
+    train_overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                         ("seed", args.seed), ("n_train", args.n_train)) if v is not None}
+    train_ae(args.preset, args.out, data=args.data, resume=args.resume, overrides=overrides,
+             train_overrides=train_overrides, half=args.half)
+    return 0
+
+
 def cmd_demo(args):
     """The main job on the shipped defaults: a few toy objects + one imported mesh, viewed."""
     from . import viz
@@ -155,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
+    tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
+    ae = tr.add_parser("ae", help="the triplane VAE (stage 1)")
+    ae.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
+    ae.add_argument("--data", default=None, help="dataset folder (default: generate the toy set into OUT/data)")
+    ae.add_argument("--out", required=True, help="run folder: checkpoint/, model/, log.jsonl")
+    ae.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    ae.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    ae.add_argument("--batch-size", type=int, default=None)
+    ae.add_argument("--seed", type=int, default=None)
+    ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
+    ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
+    ae.add_argument("--half", action="store_true", help="store the final model/ weights in fp16")
+    ae.set_defaults(func=cmd_train)
+
     data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
 
     t = data.add_parser("toyshapes", help="generate procedural coloured objects")
@@ -187,7 +218,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .data.io import DataFormatError
 
-    known = (CLIError, DataFormatError, FileNotFoundError)
+    from .checkpoint import CheckpointError
+    from .train import TrainingError
+
+    known = (CLIError, DataFormatError, FileNotFoundError, CheckpointError, TrainingError)
     try:
         from .data.mesh_import import MeshImportError
 

@@ -73,3 +73,93 @@ class SampleSpec:
             if k in known:
                 known[k] = tuple(known[k])
         return cls(**known)
+
+
+# ----------------------------------------------------------------------------------------
+# stage 1: the triplane VAE (paper_notes section 2; DESIGN.md sections 3-4)
+
+
+@dataclass
+class AEConfig:
+    """Triplane VAE architecture. Paper scale (a100_full): r = 128, latent 3 x 32 x 32 x 32, r'' = 32."""
+
+    point_dim: int = 32  # c: PointNet feature width = feature-volume channels
+    pointnet_blocks: int = 4
+    pe_freqs: int = 6  # Fourier positional encoding of xyz in the PointNet
+    pool_res: int = 16  # grid of the PointNet's local max pooling
+    volume_res: int = 32  # r: feature volume and high-res planes
+    plane_channels: int = 32  # channels of the high-res planes
+    enc_channels: tuple = (32, 64)  # per level, r -> r / 2 between levels -> r'
+    dec_channels: tuple = (64, 32)  # per level, r' -> ... -> r
+    blocks_per_level: int = 1
+    latent_res: int = 16  # r'
+    latent_channels: int = 8  # c'
+    attn: bool = True  # 3D-aware cross-attention (off: the ablation)
+    attn_res: int = 16  # r'': resolution of the queried (downsampled) volume
+    attn_heads: int = 4
+    head_hidden: int = 64  # width of the occupancy / colour MLP
+    kl_weight: float = 1e-6  # paper: lambda_kl = 1e-6
+    color_weight: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AEConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown AEConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass
+class TrainConfig:
+    """One training run (any stage): steps, batch, optimiser, logging, checkpoints."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    n_points: int = 2048  # surface points per object per step (input and colour targets)
+    n_occ: int = 4096  # occupancy queries per object per step
+    n_train: int = 512  # toy objects made for training when no --data is given
+    log_every: int = 50
+    ckpt_every: int = 500
+    seed: int = 0
+    mixed_precision: str = "no"  # accelerate: "no", "fp16", "bf16"
+    num_workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+AE_PRESETS = {
+    # CPU, minutes: notebooks, tests and CI
+    "lite": (AEConfig(point_dim=16, volume_res=16, plane_channels=16, enc_channels=(16, 32), dec_channels=(32, 16),
+                      latent_res=8, latent_channels=4, attn_res=8, attn_heads=2, head_hidden=32),
+             TrainConfig(steps=200, batch_size=4, n_points=1024, n_occ=2048, n_train=64, log_every=20, ckpt_every=100)),
+    # CPU, under ~40 minutes: the shipped checkpoint
+    "course": (AEConfig(), TrainConfig()),
+    # one T4, hours
+    "colab_t4": (AEConfig(point_dim=64, volume_res=64, plane_channels=32, enc_channels=(64, 128), dec_channels=(128, 64),
+                          blocks_per_level=2, latent_res=32, latent_channels=16, attn_res=32, head_hidden=128),
+                 TrainConfig(steps=50_000, batch_size=16, lr=3e-4, n_points=4096, n_occ=8192, n_train=20_000,
+                             mixed_precision="fp16", num_workers=2, ckpt_every=2000, log_every=100)),
+    # paper scale, 8 x A100, bf16 (paper_notes 2.3-2.6, 10: r = 128, latent 3x32x32x32, r'' = 32)
+    "a100_full": (AEConfig(point_dim=64, pointnet_blocks=5, volume_res=128, plane_channels=32, enc_channels=(32, 64, 128),
+                           dec_channels=(128, 64, 32), blocks_per_level=2, latent_res=32, latent_channels=32,
+                           attn_res=32, attn_heads=8, head_hidden=128),
+                  TrainConfig(steps=500_000, batch_size=8, lr=1e-4, n_points=10_000, n_occ=16_384, n_train=0,
+                              mixed_precision="bf16", num_workers=8, ckpt_every=5000, log_every=100)),
+}
+
+
+def ae_preset(name: str) -> tuple:
+    """(AEConfig, TrainConfig) of a named preset (copies, safe to edit)."""
+    import copy
+
+    if name not in AE_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(AE_PRESETS)}")
+    return copy.deepcopy(AE_PRESETS[name])

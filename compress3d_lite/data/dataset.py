@@ -43,9 +43,12 @@ class ObjectDataset(torch.utils.data.Dataset):
             return slice(None)
         return np.sort(rng.choice(n_total, size=n, replace=False))
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i) -> dict:
+        """``i`` is an index, or an (index, epoch) pair (what the training sampler yields, so
+        that the draw does not depend on worker processes seeing ``set_epoch``)."""
+        i, epoch = (int(i[0]), int(i[1])) if isinstance(i, (tuple, list)) else (int(i), self.epoch)
         obj = load_object(self.root / self.entries[i]["file"])
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         p = self._subset(rng, len(obj["points"]), self.n_points)
         q = self._subset(rng, len(obj["occ_points"]), self.n_occ)
         category = obj.get("category")

@@ -1,0 +1,154 @@
+"""The triplane VAE (paper_notes section 2): coloured points -> compact latent triplane -> fields.
+
+    encode:  points, colours -> LocalPoolPointNet -> splat into V^n (r^3) -> three r x r planes
+             -> per-plane ResBlocks + downsampling -> r' x r' planes -> 3D-aware cross-attention
+             to V^n -> mu, logvar (B, 3, c', r', r')
+    decode:  z -> per-plane ResBlocks + upsampling -> high-res triplane (B, 3, C, r, r)
+    query:   triplane features at points -> MLP heads -> occupancy logit, rgb
+
+The three planes share the plane CNN weights (a learned per-plane embedding tells them apart).
+Loss (field supervision, DESIGN.md 3): BCE on occupancy queries + L1 on surface colours +
+kl_weight * KL(q(z) || N(0, 1)) with kl_weight = 1e-6 as in the paper.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention3d import AwareCrossAttention3D
+from .blocks import Downsample, ResBlock, Upsample, norm
+from .pointnet import LocalPoolPointNet
+from .triplane import VolumeToPlanes, sample_triplane, scatter_to_volume
+
+
+@dataclass
+class VAEOutput:
+    loss: torch.Tensor
+    occ_loss: torch.Tensor
+    color_loss: torch.Tensor
+    kl: torch.Tensor
+    occ_logits: torch.Tensor  # (B, M)
+    rgb: torch.Tensor  # (B, N, 3) predicted colours at the surface points
+
+
+class PlaneEncoder(nn.Module):
+    """(B*3, C_in, r, r) -> (B*3, C_last, r', r'): ResBlocks, halving the resolution between levels."""
+
+    def __init__(self, c_in, channels, blocks_per_level):
+        super().__init__()
+        layers, c = [nn.Conv2d(c_in, channels[0], 3, padding=1)], channels[0]
+        for level, c_out in enumerate(channels):
+            for _ in range(blocks_per_level):
+                layers.append(ResBlock(c, c_out))
+                c = c_out
+            if level < len(channels) - 1:
+                layers.append(Downsample(c))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PlaneDecoder(nn.Module):
+    """(B*3, c', r', r') -> (B*3, C_out, r, r): ResBlocks, doubling the resolution between levels."""
+
+    def __init__(self, c_in, channels, blocks_per_level, c_out):
+        super().__init__()
+        layers, c = [nn.Conv2d(c_in, channels[0], 3, padding=1)], channels[0]
+        for level, c_next in enumerate(channels):
+            for _ in range(blocks_per_level):
+                layers.append(ResBlock(c, c_next))
+                c = c_next
+            if level < len(channels) - 1:
+                layers.append(Upsample(c))
+        layers += [norm(c), nn.SiLU(), nn.Conv2d(c, c_out, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class FieldHeads(nn.Module):
+    """Triplane features (B, M, 3C) -> occupancy logit (B, M) and rgb in [0, 1] (B, M, 3)."""
+
+    def __init__(self, c_in, hidden, n_layers=3):
+        super().__init__()
+        layers = []
+        for i in range(n_layers):
+            layers += [nn.Linear(c_in if i == 0 else hidden, hidden), nn.SiLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.occ, self.rgb = nn.Linear(hidden, 1), nn.Linear(hidden, 3)
+
+    def forward(self, f):
+        h = self.trunk(f)
+        return self.occ(h)[..., 0], torch.sigmoid(self.rgb(h))
+
+
+class TriplaneVAE(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        n_levels = len(cfg.enc_channels)
+        assert cfg.volume_res // 2 ** (n_levels - 1) == cfg.latent_res, \
+            f"{n_levels} encoder levels take r={cfg.volume_res} to {cfg.volume_res // 2 ** (n_levels - 1)}, not r'={cfg.latent_res}"
+        self.pointnet = LocalPoolPointNet(cfg.point_dim, cfg.pointnet_blocks, cfg.pe_freqs, cfg.pool_res)
+        self.to_planes = VolumeToPlanes(cfg.point_dim, cfg.plane_channels, cfg.volume_res)
+        self.plane_embed = nn.Parameter(torch.zeros(3, cfg.plane_channels, 1, 1))
+        self.encoder = PlaneEncoder(cfg.plane_channels, cfg.enc_channels, cfg.blocks_per_level)
+        c_enc = cfg.enc_channels[-1]
+        self.attn = AwareCrossAttention3D(c_enc, cfg.point_dim, cfg.volume_res, cfg.latent_res,
+                                          cfg.attn_res, cfg.attn_heads) if cfg.attn else None
+        self.to_moments = nn.Sequential(norm(c_enc), nn.SiLU(), nn.Conv2d(c_enc, 2 * cfg.latent_channels, 1))
+        self.decoder = PlaneDecoder(cfg.latent_channels, cfg.dec_channels, cfg.blocks_per_level, cfg.plane_channels)
+        self.heads = FieldHeads(3 * cfg.plane_channels, cfg.head_hidden)
+
+    # -- encoder ----------------------------------------------------------------------------
+    def feature_volume(self, points, colors):
+        """(B, N, 3) xyz, (B, N, 3) rgb -> V^n (B, C, r, r, r)."""
+        feats = self.pointnet(points, colors)  # (B, N, C)
+        vol, _ = scatter_to_volume(points, feats, self.cfg.volume_res)
+        return vol
+
+    def encode(self, points, colors):
+        """-> mu, logvar, each (B, 3, c', r', r')."""
+        B = points.shape[0]
+        vol = self.feature_volume(points, colors)  # (B, C, r, r, r)
+        planes = self.to_planes(vol) + self.plane_embed  # (B, 3, C_p, r, r)
+        h = self.encoder(planes.flatten(0, 1))  # (B*3, C_e, r', r')
+        h = h.unflatten(0, (B, 3))  # (B, 3, C_e, r', r')
+        if self.attn is not None:
+            h = self.attn(h, vol)  # T^e = A + T^l
+        moments = self.to_moments(h.flatten(0, 1)).unflatten(0, (B, 3))  # (B, 3, 2c', r', r')
+        mu, logvar = moments.chunk(2, dim=2)
+        return mu, logvar.clamp(-30.0, 20.0)
+
+    @staticmethod
+    def sample(mu, logvar, generator=None):
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * noise
+
+    # -- decoder ----------------------------------------------------------------------------
+    def decode(self, z):
+        """z (B, 3, c', r', r') -> high-res triplane (B, 3, C_p, r, r)."""
+        B = z.shape[0]
+        return self.decoder(z.flatten(0, 1)).unflatten(0, (B, 3))
+
+    def query(self, planes, xyz):
+        """Occupancy logits (B, M) and rgb (B, M, 3) at points xyz (B, M, 3)."""
+        return self.heads(sample_triplane(planes, xyz))
+
+    # -- training objective -----------------------------------------------------------------
+    def forward(self, points, colors, occ_points, occ_labels, generator=None) -> VAEOutput:
+        mu, logvar = self.encode(points, colors)
+        z = self.sample(mu, logvar, generator) if self.training else mu
+        planes = self.decode(z)
+        n = occ_points.shape[1]
+        logits, rgb = self.query(planes, torch.cat([occ_points, points], dim=1))
+        occ_logits, rgb = logits[:, :n], rgb[:, n:]
+        occ_loss = F.binary_cross_entropy_with_logits(occ_logits, occ_labels)
+        color_loss = (rgb - colors).abs().mean()
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3, 4)).mean()
+        loss = occ_loss + self.cfg.color_weight * color_loss + self.cfg.kl_weight * kl
+        return VAEOutput(loss, occ_loss, color_loss, kl, occ_logits, rgb)
