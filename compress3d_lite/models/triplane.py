@@ -27,6 +27,7 @@ def scatter_to_volume(xyz: torch.Tensor, feats: torch.Tensor, res: int, eps: flo
     xyz (B, N, 3) in [-1, 1], feats (B, N, C) -> V^n (B, C, R, R, R) and the weight sum (B, R^3).
     """
     B, N, C = feats.shape
+    xyz, feats = xyz.float(), feats.float()  # splat in fp32, also under autocast
     g = (xyz.clamp(-1, 1) + 1) * 0.5 * res - 0.5  # continuous voxel coordinates (B, N, 3)
     base = g.floor()
     vol = feats.new_zeros(B, res ** 3, C)
