@@ -1,0 +1,81 @@
+"""Reconstruction metrics: volumetric IoU, Chamfer-L1, F-score@0.02, colour PSNR (issue 3, item 5).
+
+The paper reports its autoencoder through render losses only (paper_notes 8.3: L_rgb, L_mask,
+L_depth) and gives no Chamfer/F-score numbers (8.7), so these are the usual field-reconstruction
+metrics of the occupancy-network literature, all measured in the [-1, 1]^3 data frame
+(DESIGN.md section 2: objects fit in [-0.9, 0.9]^3, so the longest side is 1.8):
+
+    volumetric IoU   |pred & gt| / |pred | gt| over occupancy at the same query points
+    Chamfer-L1       0.5 * (mean_a min_b ||a - b||_2 + mean_b min_a ||b - a||_2)
+                     -- Occupancy Networks' "Chamfer-L1": mean *Euclidean* (not squared)
+                     nearest-neighbour distance each way, averaged. It is "L1" because the
+                     distances are averaged, not squared (Chamfer-L2 averages ||a - b||^2).
+    F-score@tau      harmonic mean of precision (share of predicted points closer than tau to
+                     the ground truth) and recall (share of ground-truth points closer than tau
+                     to the prediction); tau = 0.02 (Tatarchenko et al. 2019, "What do
+                     single-view 3D reconstruction networks learn?")
+    colour PSNR      10 log10(1 / MSE) of rgb in [0, 1] at ground-truth surface points
+
+Nearest neighbours come from scipy's cKDTree (exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+F_SCORE_TAU = 0.02
+
+
+def iou(pred_occ, gt_occ) -> float:
+    """Volumetric IoU of two boolean occupancy arrays over the same query points, (M,) each.
+
+    Both empty: 1.0 (the prediction is exactly right)."""
+    pred, gt = np.asarray(pred_occ, bool).ravel(), np.asarray(gt_occ, bool).ravel()
+    if pred.shape != gt.shape:
+        raise ValueError(f"occupancy arrays differ in size: {pred.shape} vs {gt.shape}")
+    union = np.count_nonzero(pred | gt)
+    return 1.0 if union == 0 else np.count_nonzero(pred & gt) / union
+
+
+def nn_distances(a, b) -> tuple:
+    """Euclidean distance of every point of ``a`` (N, 3) to its nearest point in ``b`` (M, 3),
+    and of every point of ``b`` to ``a``: ((N,), (M,))."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("nearest-neighbour distances need two non-empty point sets")
+    d_ab, _ = cKDTree(b).query(a, k=1)
+    d_ba, _ = cKDTree(a).query(b, k=1)
+    return d_ab, d_ba
+
+
+def chamfer_l1(pred_points, gt_points) -> float:
+    """0.5 * (accuracy + completeness): mean Euclidean NN distance pred -> gt and gt -> pred."""
+    d_pg, d_gp = nn_distances(pred_points, gt_points)
+    return 0.5 * (d_pg.mean() + d_gp.mean())
+
+
+def f_score(pred_points, gt_points, tau: float = F_SCORE_TAU) -> tuple:
+    """(F, precision, recall) at distance threshold ``tau`` (strict: d < tau)."""
+    d_pg, d_gp = nn_distances(pred_points, gt_points)
+    precision, recall = float(np.mean(d_pg < tau)), float(np.mean(d_gp < tau))
+    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return f, precision, recall
+
+
+def surface_metrics(pred_points, gt_points, tau: float = F_SCORE_TAU) -> dict:
+    """Chamfer-L1 and F-score from one pair of KD-tree queries."""
+    d_pg, d_gp = nn_distances(pred_points, gt_points)
+    precision, recall = float(np.mean(d_pg < tau)), float(np.mean(d_gp < tau))
+    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return {"chamfer_l1": 0.5 * float(d_pg.mean() + d_gp.mean()), "f_score": f,
+            "precision": precision, "recall": recall}
+
+
+def psnr(pred_rgb, gt_rgb, max_value: float = 1.0) -> float:
+    """10 log10(max^2 / MSE) over all channels of rgb arrays in [0, max]; inf when identical."""
+    pred, gt = np.asarray(pred_rgb, np.float64), np.asarray(gt_rgb, np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"colour arrays differ in shape: {pred.shape} vs {gt.shape}")
+    mse = np.mean((pred - gt) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(max_value ** 2 / mse))
