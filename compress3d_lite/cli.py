@@ -6,6 +6,8 @@
     compress3d-lite data view OBJECT.npz [-o OUT.html]
     compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
     compress3d-lite train ae --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
+    compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
+    compress3d-lite evaluate ae [--ckpt CKPT] [--split test] [--json OUT] [--n N] [--res R] [--preset P]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
 """
@@ -123,6 +125,8 @@ def cmd_train(args):
         overrides["attn"] = False
     if args.attn_res:
         overrides["attn_res"] = args.attn_res
+    if args.render_loss:
+        overrides["render_loss"] = True
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                          ("seed", args.seed), ("n_train", args.n_train)) if v is not None}
     train_ae(args.preset, args.out, data=args.data, resume=args.resume, overrides=overrides,
@@ -157,6 +161,34 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_reconstruct(args):
+    from .mesh import MeshingError
+    from .reconstruct import ReconstructError, reconstruct
+
+    try:
+        reconstruct(args.input, args.output, ckpt=args.ckpt, res=args.res, seed=args.seed, preset=args.preset)
+    except (ReconstructError, MeshingError) as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
+def cmd_evaluate(args):
+    from .evaluate import evaluate_ae, format_table, write_report
+
+    if args.n < 1 or args.res < 8:
+        raise CLIError("--n must be >= 1 and --res >= 8")
+    if args.json and Path(args.json).is_dir():
+        raise CLIError(f"{args.json}: is a directory, not a .json file")
+    report = evaluate_ae(args.ckpt, split=args.split, n=args.n, res=args.res, preset=args.preset)
+    print(f"evaluate ae: {report['checkpoint']} (preset {report['config']['preset']}, step "
+          f"{report['config']['step']}), split {args.split} (seed {report['seed']}), {args.n} objects, "
+          f"grid {args.res}^3, {report['timing']['total_seconds']:.0f} s")
+    print(format_table(report))
+    if args.json:
+        print(f"wrote {write_report(report, args.json)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # parser
 
@@ -183,8 +215,33 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
     ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
     ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
+    ae.add_argument("--render-loss", action="store_true",
+                    help="add the paper's rgb/mask/depth render losses (x10, x10, x0.1) of the field")
     ae.add_argument("--half", action="store_true", help="store the final model/ weights in fp16")
     ae.set_defaults(func=cmd_train)
+
+    from .reconstruct import DEFAULT_CKPT
+
+    rc = sub.add_parser("reconstruct", help="a mesh or object through the VAE and back to a mesh")
+    rc.add_argument("input", help="a GLB/glTF/OBJ/PLY mesh or an object .npz")
+    rc.add_argument("-o", "--output", required=True, help="output mesh: .glb, .ply or .obj")
+    rc.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="VAE checkpoint folder (default: the shipped course VAE)")
+    rc.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
+    rc.add_argument("--seed", type=int, default=0, help="seed of the surface sampling (default %(default)s)")
+    rc.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
+    rc.set_defaults(func=cmd_reconstruct)
+
+    ev = sub.add_parser("evaluate", help="metrics of a trained stage on held-out toy objects").add_subparsers(
+        dest="stage", required=True)
+    eva = ev.add_parser("ae", help="the triplane VAE: IoU, Chamfer-L1, F-score@0.02, colour PSNR")
+    eva.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="VAE checkpoint folder (default: the shipped course VAE)")
+    eva.add_argument("--split", default="test", choices=["train", "val", "test"],
+                     help="toy seed range: train 0, val 500, test 1000 (default %(default)s)")
+    eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    eva.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
+    eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
+    eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
+    eva.set_defaults(func=cmd_evaluate)
 
     data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
 

@@ -100,6 +100,10 @@ class AEConfig:
     head_hidden: int = 64  # width of the occupancy / colour MLP
     kl_weight: float = 1e-6  # paper: lambda_kl = 1e-6
     color_weight: float = 1.0
+    render_loss: bool = False  # the paper's render losses (off: field supervision only)
+    render_weights: tuple = (10.0, 10.0, 0.1)  # rgb, mask, depth (paper_notes 2.8)
+    render_rays: int = 256  # random pixels per object per step
+    render_samples: int = 48  # samples per ray
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -80,48 +80,67 @@ def decode_grid(model, planes, res: int, chunk: int = 65536) -> np.ndarray:
     return query_logits(model, planes, _product_grid(c, c, c), chunk).reshape(res, res, res)
 
 
+def coarse_indices(res: int, stride: int) -> np.ndarray:
+    """Fine-grid indices of the coarse samples: every ``stride``-th voxel plus the last one, (K,)."""
+    return np.unique(np.r_[np.arange(0, res, stride), res - 1])
+
+
+def refine_mask(coarse: np.ndarray, idx: np.ndarray, res: int, margin: float, dilate: int = 1) -> np.ndarray:
+    """Which fine voxels to query exactly, from the coarse samples ``coarse`` (K, K, K) at fine
+    indices ``idx`` (K,): (res, res, res) bool.
+
+    A coarse cell (the fine voxels from idx[a] to idx[a + 1] along each axis, both ends) is
+    active when its 8 corners disagree in sign or one is within ``margin`` of 0; active cells
+    grow by ``dilate`` cells, and every fine voxel of an active cell is marked."""
+    from scipy.ndimage import binary_dilation
+
+    K = len(idx)
+    corners = [coarse[i:K - 1 + i, j:K - 1 + j, k:K - 1 + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    lo, hi = np.minimum.reduce(corners), np.maximum.reduce(corners)  # (K-1, K-1, K-1)
+    near = np.minimum.reduce([np.abs(v) for v in corners]) < margin
+    active = (lo <= 0) & (hi > 0) | near
+    if dilate:
+        active = binary_dilation(active, structure=np.ones((3, 3, 3), bool), iterations=dilate)
+    counts = np.diff(idx)  # (K-1,) fine voxels per cell, counting the lower end only
+    mask = np.zeros((res, res, res), bool)
+    mask[:res - 1, :res - 1, :res - 1] = active.repeat(counts, 0).repeat(counts, 1).repeat(counts, 2)
+    for axis in range(3):  # close each block: add its upper boundary voxel
+        upper, lower = [slice(None)] * 3, [slice(None)] * 3
+        upper[axis], lower[axis] = slice(1, None), slice(None, -1)
+        mask[tuple(upper)] |= mask[tuple(lower)]
+    return mask
+
+
+def fill_from_coarse(coarse: np.ndarray, idx: np.ndarray, res: int) -> np.ndarray:
+    """(res, res, res): every fine voxel takes the value of its nearest coarse sample."""
+    nearest = np.abs(np.arange(res)[:, None] - idx[None, :]).argmin(1)  # (res,) fine -> coarse
+    return coarse[np.ix_(nearest, nearest, nearest)]
+
+
 def decode_grid_adaptive(model, planes, res: int, stride: int = 4, margin: float = 2.0,
-                         chunk: int = 65536, return_fraction: bool = False):
-    """Coarse-to-fine decode, same output as ``decode_grid`` wherever the surface is.
+                         dilate: int = 1, chunk: int = 65536, return_fraction: bool = False):
+    """Coarse-to-fine decode, the same signs as ``decode_grid`` wherever the surface is.
 
     1. query every ``stride``-th voxel centre (plus the last one): a coarse grid of K^3 samples
        that are exact values of the fine grid;
-    2. a coarse cell (the block of fine voxels between two coarse samples per axis) is *active*
-       when its 8 corners disagree in sign or any corner is within ``margin`` logits of 0, and
-       active cells are dilated by one cell (a surface can bulge past a corner);
+    2. a coarse cell is *active* when its 8 corners disagree in sign or one of them is within
+       ``margin`` logits of 0; active cells grow by ``dilate`` cells (``refine_mask``);
     3. query every fine voxel of the active cells exactly; every other voxel takes the value of
        its nearest coarse sample (a corner of its own cell, so the same sign).
 
     A part thinner than a coarse cell whose field stays below -``margin`` at all 8 corners is
-    missed; ``stride=1`` or ``decode_grid`` never misses anything.
+    missed; ``stride=1`` (or ``decode_grid``) never misses anything.
     Returns (res, res, res) logits, and with ``return_fraction`` also the share of voxels queried.
     """
-    from scipy.ndimage import binary_dilation
-
     if stride <= 1 or res <= 2 * stride:
         grid = decode_grid(model, planes, res, chunk)
         return (grid, 1.0) if return_fraction else grid
     c = grid_coords(res)
-    idx = np.unique(np.r_[np.arange(0, res, stride), res - 1])  # (K,) fine indices of coarse samples
+    idx = coarse_indices(res, stride)
     K = len(idx)
     coarse = query_logits(model, planes, _product_grid(c[idx], c[idx], c[idx]), chunk).reshape(K, K, K)
-    # 2. active cells (K-1)^3 from their 8 corners
-    corners = [coarse[i:K - 1 + i, j:K - 1 + j, k:K - 1 + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-    lo, hi = np.minimum.reduce(corners), np.maximum.reduce(corners)
-    near = np.minimum.reduce([np.abs(v) for v in corners]) < margin
-    active = binary_dilation((lo <= 0) & (hi > 0) | near, structure=np.ones((3, 3, 3), bool))
-    # 3. fine voxels of active cells: cell a holds fine indices idx[a] .. idx[a + 1] (both ends)
-    counts = np.diff(idx)  # (K-1,) fine voxels per cell, half-open
-    mask = np.zeros((res, res, res), bool)
-    mask[:res - 1, :res - 1, :res - 1] = active.repeat(counts, 0).repeat(counts, 1).repeat(counts, 2)
-    for axis in range(3):  # close each block: include its upper boundary voxel
-        lead = [slice(None)] * 3
-        lead[axis] = slice(1, None)
-        trail = [slice(None)] * 3
-        trail[axis] = slice(None, -1)
-        mask[tuple(lead)] |= mask[tuple(trail)]
-    nearest = np.abs(np.arange(res)[:, None] - idx[None, :]).argmin(1)  # fine index -> coarse sample
-    grid = coarse[np.ix_(nearest, nearest, nearest)]
+    mask = refine_mask(coarse, idx, res, margin, dilate)
+    grid = fill_from_coarse(coarse, idx, res)
     ijk = np.nonzero(mask)
     grid[ijk] = query_logits(model, planes, np.stack([c[i] for i in ijk], axis=-1), chunk)
     fraction = (K ** 3 + len(ijk[0])) / res ** 3
@@ -150,18 +169,29 @@ def marching_cubes(logits: np.ndarray, level: float = 0.0) -> tuple:
 
 
 def extract_mesh(model, planes, res: int = 128, level: float = 0.0, adaptive: bool = True,
-                 chunk: int = 65536) -> trimesh.Trimesh:
+                 chunk: int = 65536, timings: dict | None = None) -> trimesh.Trimesh:
     """The triplane's surface (logit = ``level``; 0 is p = 0.5) as a trimesh with vertex colours
     from the colour head, in the [-1, 1] data frame. ``planes``: one triplane (1, 3, C, r, r).
 
+    ``timings`` (optional dict) receives the seconds of "field", "marching_cubes" and "colors".
     Raises MeshingError when the field is empty or full."""
+    import time
+
+    timings = {} if timings is None else timings
     if planes.shape[0] != 1:
         raise ValueError(f"extract_mesh takes one triplane (1, 3, C, r, r), got batch {planes.shape[0]}")
+    t = time.perf_counter()
     grid = decode_grid_adaptive(model, planes, res, chunk=chunk) if adaptive else decode_grid(model, planes, res, chunk)
+    timings["field"] = time.perf_counter() - t
+    t = time.perf_counter()
     verts, faces = marching_cubes(grid, level)
+    timings["marching_cubes"] = time.perf_counter() - t
+    t = time.perf_counter()
     _, rgb = query_points(model, planes, verts, chunk)  # (V, 3) in [0, 1]
     colors = np.concatenate([np.round(np.clip(rgb, 0, 1) * 255), np.full((len(rgb), 1), 255)], axis=1)
-    return trimesh.Trimesh(verts, faces, vertex_colors=colors.astype(np.uint8), process=False)
+    mesh = trimesh.Trimesh(verts, faces, vertex_colors=colors.astype(np.uint8), process=False)
+    timings["colors"] = time.perf_counter() - t
+    return mesh
 
 
 def mesh_bytes(mesh: trimesh.Trimesh, suffix: str) -> bytes:

@@ -51,21 +51,18 @@ def nn_distances(a, b) -> tuple:
 
 def chamfer_l1(pred_points, gt_points) -> float:
     """0.5 * (accuracy + completeness): mean Euclidean NN distance pred -> gt and gt -> pred."""
-    d_pg, d_gp = nn_distances(pred_points, gt_points)
-    return 0.5 * (d_pg.mean() + d_gp.mean())
+    return surface_metrics(pred_points, gt_points)["chamfer_l1"]
 
 
 def f_score(pred_points, gt_points, tau: float = F_SCORE_TAU) -> tuple:
     """(F, precision, recall) at distance threshold ``tau`` (strict: d < tau)."""
-    d_pg, d_gp = nn_distances(pred_points, gt_points)
-    precision, recall = float(np.mean(d_pg < tau)), float(np.mean(d_gp < tau))
-    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return f, precision, recall
+    m = surface_metrics(pred_points, gt_points, tau)
+    return m["f_score"], m["precision"], m["recall"]
 
 
 def surface_metrics(pred_points, gt_points, tau: float = F_SCORE_TAU) -> dict:
-    """Chamfer-L1 and F-score from one pair of KD-tree queries."""
-    d_pg, d_gp = nn_distances(pred_points, gt_points)
+    """Chamfer-L1, F-score, precision and recall of two point sets from one pair of KD-tree queries."""
+    d_pg, d_gp = nn_distances(pred_points, gt_points)  # (N,), (M,)
     precision, recall = float(np.mean(d_pg < tau)), float(np.mean(d_gp < tau))
     f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return {"chamfer_l1": 0.5 * float(d_pg.mean() + d_gp.mean()), "f_score": f,

@@ -75,8 +75,9 @@ def lr_lambda(tcfg: TrainConfig):
     return f
 
 
-def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator) -> Path:
-    """The training folder: ``data`` if given, else a toy set generated once into out/data."""
+def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator, views: bool = False) -> Path:
+    """The training folder: ``data`` if given, else a toy set generated once into out/data
+    (with 4 views at 64 px when the render losses need them)."""
     from .data.io import read_index
 
     if data:
@@ -88,7 +89,7 @@ def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator) ->
         from .data.toyshapes import write_toyshapes
 
         spec = SampleSpec(n_points=max(4096, tcfg.n_points), n_uniform=max(8192, tcfg.n_occ // 2),
-                          n_near=max(8192, tcfg.n_occ // 2), views=0)
+                          n_near=max(8192, tcfg.n_occ // 2), views=4 if views else 0, resolution=64)
         print(f"no --data given: generating {tcfg.n_train} toy objects (seed {tcfg.seed}) into {folder}")
         write_toyshapes(tcfg.n_train, folder, spec, seed=tcfg.seed, workers=2)
     accelerator.wait_for_everyone()
@@ -141,8 +142,9 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
 
     accelerator = Accelerator(mixed_precision=tcfg.mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(tcfg.seed)
-    folder = prepare_data(data, out, tcfg, accelerator)
-    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=tcfg.n_occ, seed=tcfg.seed)
+    folder = prepare_data(data, out, tcfg, accelerator, views=mcfg.render_loss)
+    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=tcfg.n_occ, seed=tcfg.seed,
+                            views=mcfg.render_loss)
     model = TriplaneVAE(mcfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
@@ -178,7 +180,8 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
     bar = tqdm(total=tcfg.steps, initial=start, desc="train ae", disable=not (progress and accelerator.is_main_process))
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        out_ = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"])
+        views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
+        out_ = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"], views=views)
         if not torch.isfinite(out_.loss):
             raise TrainingError(f"loss is {out_.loss.item()} at step {step}; stopping. The last good checkpoint "
                                 f"is {ckpt_dir} (step {read_config(ckpt_dir)['step'] if ckpt_dir.exists() else 'none'}); "
@@ -195,7 +198,8 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
             acc = ((out_.occ_logits > 0) == (batch["occ_labels"] > 0.5)).float().mean()
             record = {"step": step, "loss": out_.loss.item(), "occ_bce": out_.occ_loss.item(),
                       "color_l1": out_.color_loss.item(), "kl": out_.kl.item(), "occ_acc": acc.item(),
-                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
+                      **{f"render_{k}": v.item() for k, v in out_.render.items()}}
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['occ_acc']:.3f}")
             if accelerator.is_main_process:
                 with open(log_file, "a") as f:

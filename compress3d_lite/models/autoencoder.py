@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .attention3d import AwareCrossAttention3D
 from .blocks import Downsample, ResBlock, Upsample, norm
+from .field_renderer import render_losses
 from .pointnet import LocalPoolPointNet
 from .triplane import VolumeToPlanes, sample_triplane, scatter_to_volume
 
@@ -31,6 +32,7 @@ class VAEOutput:
     kl: torch.Tensor
     occ_logits: torch.Tensor  # (B, M)
     rgb: torch.Tensor  # (B, N, 3) predicted colours at the surface points
+    render: dict  # rgb / mask / depth render losses (empty unless cfg.render_loss)
 
 
 class PlaneEncoder(nn.Module):
@@ -140,7 +142,9 @@ class TriplaneVAE(nn.Module):
         return self.heads(sample_triplane(planes, xyz))
 
     # -- training objective -----------------------------------------------------------------
-    def forward(self, points, colors, occ_points, occ_labels, generator=None) -> VAEOutput:
+    def forward(self, points, colors, occ_points, occ_labels, views=None, generator=None) -> VAEOutput:
+        """Field losses on a batch; ``views`` = (images (B,V,4,H,W), depths, cam2world, intrinsics)
+        adds the render losses when ``cfg.render_loss`` is on."""
         mu, logvar = self.encode(points, colors)
         z = self.sample(mu, logvar, generator) if self.training else mu
         planes = self.decode(z)
@@ -151,4 +155,10 @@ class TriplaneVAE(nn.Module):
         color_loss = (rgb - colors).abs().mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3, 4)).mean()
         loss = occ_loss + self.cfg.color_weight * color_loss + self.cfg.kl_weight * kl
-        return VAEOutput(loss, occ_loss, color_loss, kl, occ_logits, rgb)
+        render = {}
+        if self.cfg.render_loss and views is not None:
+            render = render_losses(lambda xyz: self.query(planes, xyz), *views, n_rays=self.cfg.render_rays,
+                                   n_samples=self.cfg.render_samples, generator=generator)
+            w_rgb, w_mask, w_depth = self.cfg.render_weights
+            loss = loss + w_rgb * render["rgb"] + w_mask * render["mask"] + w_depth * render["depth"]
+        return VAEOutput(loss, occ_loss, color_loss, kl, occ_logits, rgb, render)
