@@ -128,7 +128,8 @@ def cmd_train(args):
     if args.render_loss:
         overrides["render_loss"] = True
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
-                                         ("seed", args.seed), ("n_train", args.n_train)) if v is not None}
+                                         ("seed", args.seed), ("n_train", args.n_train),
+                                         ("num_workers", args.num_workers)) if v is not None}
     train_ae(args.preset, args.out, data=args.data, resume=args.resume, overrides=overrides,
              train_overrides=train_overrides, half=args.half)
     return 0
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--batch-size", type=int, default=None)
     ae.add_argument("--seed", type=int, default=None)
     ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    ae.add_argument("--num-workers", type=int, default=None, help="data-loading processes (a GPU wants several)")
     ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
     ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
     ae.add_argument("--render-loss", action="store_true",
@@ -234,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics of a trained stage on held-out toy objects").add_subparsers(
         dest="stage", required=True)
     eva = ev.add_parser("ae", help="the triplane VAE: IoU, Chamfer-L1, F-score@0.02, colour PSNR")
-    eva.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="VAE checkpoint folder (default: the shipped course VAE)")
+    eva.add_argument("--ckpt", default=str(DEFAULT_CKPT),
+                     help="VAE checkpoint folder (default: the shipped course VAE)")
     eva.add_argument("--split", default="test", choices=["train", "val", "test"],
                      help="toy seed range: train 0, val 500, test 1000 (default %(default)s)")
     eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")

@@ -145,11 +145,15 @@ def evaluate_ae(ckpt, split: str = "test", n: int = 56, res: int = 128, preset: 
                    "n_params": sum(p.numel() for p in model.parameters()), "n_points": n_points,
                    "train_data": cfg.get("data", {}).get("generator"), "train_seed": cfg.get("data", {}).get("seed")},
         "split": split, "seed": seed, "n_objects": n, "res": res,
-        "protocol": {"frame": "[-1, 1]^3 data frame", "iou": f"{N_IOU} uniform points, field logit > 0 vs exact occupancy",
-                     "chamfer_l1": f"{N_SURFACE} mesh points vs {N_SURFACE} GT visible-surface points, mean Euclidean "
-                                   "NN distance each way, averaged",
-                     "f_score": "threshold 0.02 (d < 0.02)", "psnr": f"colour head at {N_SURFACE} GT surface points, rgb in [0, 1]",
-                     "latent": "posterior mean"},
+        "protocol": {
+            "frame": "[-1, 1]^3 data frame",
+            "iou": f"{N_IOU} uniform points, field logit > 0 vs exact occupancy",
+            "chamfer_l1": f"{N_SURFACE} mesh points vs {N_SURFACE} GT visible-surface points, "
+                          "mean Euclidean NN distance each way, averaged",
+            "f_score": "threshold 0.02 (d < 0.02)",
+            "psnr": f"colour head at {N_SURFACE} GT surface points, rgb in [0, 1]",
+            "latent": "posterior mean",
+        },
         **summary,
         "targets": check_targets(summary["mean"]),
         "n_failed_meshes": sum(1 for r in rows if "error" in r),

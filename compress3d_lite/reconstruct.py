@@ -51,7 +51,7 @@ def load_points(path, n_points: int, seed: int = 0) -> dict:
     if suffix == ".npz":
         obj = load_object(path)
         points, colors = obj["points"], obj["colors"]
-        if len(points) > n_points:  # the same random subset the training loader would draw
+        if len(points) > n_points:  # a random subset of the size the model was trained on
             keep = np.sort(np.random.default_rng(seed).choice(len(points), n_points, replace=False))
             points, colors = points[keep], colors[keep]
         return {"points": points, "colors": colors, "transform": obj["transform"]}
