@@ -1,8 +1,16 @@
 """Shared fixtures. ``SHARED`` is ../shared beside the checkout (absent on a bare clone)."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two xdist workers on two cores: one torch thread each, or OpenMP's spinning threads
+    # oversubscribe the cores and small-op training steps get 10x slower
+    import torch
+
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
