@@ -50,8 +50,9 @@ def evaluate_object(model, obj, n_points: int, res: int, rng: np.random.Generato
     points, colors, _ = sample_surface(cmesh, n_points, rng, keep=obj.exposed)  # the VAE's input
     gt_points, gt_colors, _ = sample_surface(cmesh, N_SURFACE, rng, keep=obj.exposed)
     t0 = time.perf_counter()
-    pts = torch.from_numpy(points.astype(np.float32))[None]  # (1, N, 3)
-    cols = torch.from_numpy(colors.astype(np.float32))[None]
+    device = next(model.parameters()).device
+    pts = torch.from_numpy(points.astype(np.float32))[None].to(device)  # (1, N, 3)
+    cols = torch.from_numpy(colors.astype(np.float32))[None].to(device)
     mu, _ = model.encode(pts, cols)  # (1, 3, c', r', r')
     planes = model.decode(mu)  # (1, 3, C, r, r)
     row = {}
