@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 FAST_ENV = "C3D_FAST"
+HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (DESIGN.md 2)
 
 
 def fast_mode() -> bool:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from ..config import SampleSpec
+from ..config import HALF_EXTENT, SampleSpec
 from .occupancy import visibility_occupancy
 from .render import ray_intersector
 from .sampling import make_example
@@ -45,7 +45,6 @@ from .surface import ColoredMesh, ConstantColor, CornerColors, TextureColor
 
 SUPPORTED = (".glb", ".gltf", ".obj", ".ply")
 LINEAR_COLOR_FORMATS = (".glb", ".gltf")  # formats whose factors / vertex colours are linear
-HALF_EXTENT = 0.9  # the data frame: objects fit in [-0.9, 0.9]^3
 DEFAULT_RGB = (0.7, 0.7, 0.7)  # parts with no colour information at all
 
 

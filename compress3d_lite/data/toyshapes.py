@@ -21,11 +21,10 @@ import numpy as np
 
 from .primitives import (Box, ConvexPolytope, Ellipsoid, Frustum, Primitive, Torus, Tube, prism,
                          rot, similarity)
-from ..config import SampleSpec
+from ..config import HALF_EXTENT, SampleSpec
 from .sampling import make_example
 from .surface import ColoredMesh, ConstantColor
 
-HALF_EXTENT = 0.9  # objects fit in [-0.9, 0.9]^3
 
 
 # ------------------------------------------------------------------------------------------
