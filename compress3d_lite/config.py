@@ -13,7 +13,7 @@ Fast mode shrinks steps and sizes; it never skips a concept.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 FAST_ENV = "C3D_FAST"
 HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (DESIGN.md 2)

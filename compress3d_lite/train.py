@@ -28,11 +28,10 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .checkpoint import read_config, write_checkpoint
-from .config import AEConfig, TrainConfig, ae_preset
+from .config import TrainConfig, ae_preset
 
 
 class TrainingError(RuntimeError):
