@@ -1,4 +1,5 @@
-"""One training loop on HF accelerate, with exact resume. Stage 1: the triplane VAE.
+"""One training loop on HF accelerate, with exact resume; the stages plug their step into it.
+Stage 1: the triplane VAE; stage 2: the embeddings; stage 3: the diffusion prior.
 
     # CPU (the shipped course checkpoint; ~30 min on 2 cores)
     compress3d-lite train ae --preset course --out runs/vae_course
@@ -74,13 +75,17 @@ def lr_lambda(tcfg: TrainConfig):
     return f
 
 
-def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator, views: bool = False) -> Path:
+def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator, views: int = 0,
+                 resolution: int = 64) -> Path:
     """The training folder: ``data`` if given, else a toy set generated once into out/data
-    (with 4 views at 64 px when the render losses need them)."""
+    (with ``views`` rendered views per object at ``resolution`` px when the stage needs them)."""
     from .data.io import read_index
 
     if data:
-        read_index(data)  # a clear error now rather than in a worker later
+        index = read_index(data)  # a clear error now rather than in a worker later
+        if views and not (index.get("spec") or {}).get("views"):
+            raise TrainingError(f"{data}: this stage needs rendered views and the data set has none; "
+                                "make it with --views 4 or more")
         return Path(data)
     folder = out / "data"
     if accelerator.is_main_process and not (folder / "index.json").exists():
@@ -88,7 +93,7 @@ def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator, vi
         from .data.toyshapes import write_toyshapes
 
         spec = SampleSpec(n_points=max(4096, tcfg.n_points), n_uniform=max(8192, tcfg.n_occ // 2),
-                          n_near=max(8192, tcfg.n_occ // 2), views=4 if views else 0, resolution=64)
+                          n_near=max(8192, tcfg.n_occ // 2), views=views, resolution=resolution)
         print(f"no --data given: generating {tcfg.n_train} toy objects (seed {tcfg.seed}) into {folder}")
         write_toyshapes(tcfg.n_train, folder, spec, seed=tcfg.seed, workers=2)
     accelerator.wait_for_everyone()
@@ -108,58 +113,44 @@ def compute_latent_stats(model, dataset, n: int, device) -> dict:
             "n_objects": len(mus)}
 
 
-def train_ae(preset: str, out, data: str | None = None, resume: bool = False, overrides: dict | None = None,
-             train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-             stop_after: int | None = None) -> dict:
-    """Train (or resume) a triplane VAE. Returns the last log record.
+def resume_point(out: Path, kind: str, preset: str, model_cfg: dict, tcfg: TrainConfig) -> tuple:
+    """(start step, TrainConfig) to continue ``out/checkpoint``; refuses another kind/preset/model."""
+    ckpt_dir = out / "checkpoint"
+    if not ckpt_dir.exists():
+        raise TrainingError(f"{ckpt_dir}: nothing to resume from (run without --resume first)")
+    saved = read_config(ckpt_dir)
+    if saved.get("kind") != kind or saved.get("preset") != preset or saved.get("model") != model_cfg:
+        raise TrainingError(f"{ckpt_dir}: was trained as a {saved.get('kind')!r} with preset {saved.get('preset')!r} "
+                            "and another model config; resume with the same options or use a new --out")
+    return int(saved["step"]), TrainConfig(**{**saved["train"], "steps": tcfg.steps})
 
-    ``stop_after``: stop at that step with a training checkpoint, as an interrupted run would
-    (``--resume`` then continues exactly; used by the tests and for time-boxed sessions)."""
-    from accelerate import Accelerator
+
+def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, config: dict, start: int = 0,
+        resume: bool = False, finalize=None, progress: bool = True, stop_after: int | None = None,
+        desc: str = "train") -> dict:
+    """The one training loop of every stage.
+
+    ``step_fn(model, batch) -> (loss, {name: tensor})`` is the stage's step; the loop does the
+    rest: AdamW + warm-up/cosine schedule over the trainable parameters, accelerate (devices,
+    processes, mixed precision), the (seed, step) data order, gradient clipping, a stop on a
+    non-finite loss, ``log.jsonl``, atomic training checkpoints in ``out/checkpoint`` (with the
+    trainer state for an exact ``resume``), and at the end ``finalize(unwrapped_model, step)``
+    on the main process (which writes the stage's release folder)."""
     from tqdm.auto import tqdm
 
-    from .data.dataset import ObjectDataset
-    from .models import TriplaneVAE
-
-    out = Path(out)
-    mcfg, tcfg = ae_preset(preset)
-    for k, v in (overrides or {}).items():
-        setattr(mcfg, k, v)
-    for k, v in (train_overrides or {}).items():
-        setattr(tcfg, k, v)
-    ckpt_dir = out / "checkpoint"
-    start = 0
-    if resume:
-        if not ckpt_dir.exists():
-            raise TrainingError(f"{ckpt_dir}: nothing to resume from (run without --resume first)")
-        saved = read_config(ckpt_dir)
-        if saved.get("preset") != preset or saved.get("model") != mcfg.to_dict():
-            raise TrainingError(f"{ckpt_dir}: was trained with preset {saved.get('preset')!r} and another "
-                                "model config; resume with the same options or use a new --out")
-        start = int(saved["step"])
-        tcfg = TrainConfig(**{**saved["train"], "steps": tcfg.steps})
-
-    accelerator = Accelerator(mixed_precision=tcfg.mixed_precision, cpu=not torch.cuda.is_available())
-    torch.manual_seed(tcfg.seed)
-    folder = prepare_data(data, out, tcfg, accelerator, views=mcfg.render_loss)
-    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=tcfg.n_occ, seed=tcfg.seed,
-                            views=mcfg.render_loss)
-    model = TriplaneVAE(mcfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ckpt_dir = out / "checkpoint"
     if resume:
         accelerator.load_state(str(ckpt_dir / "trainer"))
     sampler = StepBatchSampler(len(dataset), tcfg.batch_size * accelerator.num_processes, tcfg.seed, start,
                                tcfg.steps, accelerator.process_index, accelerator.num_processes)
     # its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which
-    # would shift the VAE's sampling noise of a resumed run by one draw
+    # would shift the model's sampling noise of a resumed run by one draw
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=tcfg.num_workers,
                                          generator=torch.Generator().manual_seed(tcfg.seed))
-
-    config = {"kind": "triplane_vae", "preset": preset, "model": mcfg.to_dict(), "train": tcfg.to_dict(),
-              "data": {"folder": str(folder), "n_objects": len(dataset), "spec": dataset.index.get("spec"),
-                       "generator": dataset.index.get("generator"), "seed": dataset.index.get("seed")}}
 
     def save(step):
         accelerator.wait_for_everyone()
@@ -170,36 +161,28 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
 
     log_file = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    if accelerator.is_main_process:
-        print(f"train ae: preset {preset}, {n_params / 1e6:.2f}M params, attention {'on' if mcfg.attn else 'off'}, "
-              f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
     model.train()
     record, t0, step = {}, time.time(), start
-    bar = tqdm(total=tcfg.steps, initial=start, desc="train ae", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(total=tcfg.steps, initial=start, desc=desc, disable=not (progress and accelerator.is_main_process))
     for batch in loader:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
-        out_ = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"], views=views)
-        if not torch.isfinite(out_.loss):
-            raise TrainingError(f"loss is {out_.loss.item()} at step {step}; stopping. The last good checkpoint "
+        loss, logs = step_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint "
                                 f"is {ckpt_dir} (step {read_config(ckpt_dir)['step'] if ckpt_dir.exists() else 'none'}); "
                                 "lower the learning rate and --resume")
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(out_.loss)
+        accelerator.backward(loss)
         if tcfg.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            accelerator.clip_grad_norm_(params, tcfg.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
-            acc = ((out_.occ_logits > 0) == (batch["occ_labels"] > 0.5)).float().mean()
-            record = {"step": step, "loss": out_.loss.item(), "occ_bce": out_.occ_loss.item(),
-                      "color_l1": out_.color_loss.item(), "kl": out_.kl.item(), "occ_acc": acc.item(),
-                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
-                      **{f"render_{k}": v.item() for k, v in out_.render.items()}}
-            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['occ_acc']:.3f}")
+            record = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in logs.items()},
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
             if accelerator.is_main_process:
                 with open(log_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -211,9 +194,236 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
             return record
     bar.close()
     save(step)
+    if accelerator.is_main_process and finalize is not None:
+        finalize(accelerator.unwrap_model(model).eval(), step, record)
+    return record
+
+
+def _accelerator(tcfg: TrainConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=tcfg.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def _data_config(folder, dataset) -> dict:
+    return {"folder": str(folder), "n_objects": len(dataset), "spec": dataset.index.get("spec"),
+            "generator": dataset.index.get("generator"), "seed": dataset.index.get("seed")}
+
+
+# ----------------------------------------------------------------------------------------- stage 1
+
+
+def train_ae(preset: str, out, data: str | None = None, resume: bool = False, overrides: dict | None = None,
+             train_overrides: dict | None = None, half: bool = False, progress: bool = True,
+             stop_after: int | None = None) -> dict:
+    """Train (or resume) a triplane VAE. Returns the last log record.
+
+    ``stop_after``: stop at that step with a training checkpoint, as an interrupted run would
+    (``--resume`` then continues exactly; used by the tests and for time-boxed sessions)."""
+    from .data.dataset import ObjectDataset
+    from .models import TriplaneVAE
+
+    out = Path(out)
+    mcfg, tcfg = ae_preset(preset)
+    for k, v in (overrides or {}).items():
+        setattr(mcfg, k, v)
+    for k, v in (train_overrides or {}).items():
+        setattr(tcfg, k, v)
+    start = 0
+    if resume:
+        start, tcfg = resume_point(out, "triplane_vae", preset, mcfg.to_dict(), tcfg)
+    accelerator = _accelerator(tcfg)
+    torch.manual_seed(tcfg.seed)
+    folder = prepare_data(data, out, tcfg, accelerator, views=4 if mcfg.render_loss else 0)
+    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=tcfg.n_occ, seed=tcfg.seed,
+                            views=mcfg.render_loss)
+    model = TriplaneVAE(mcfg)
+    config = {"kind": "triplane_vae", "preset": preset, "model": mcfg.to_dict(), "train": tcfg.to_dict(),
+              "data": _data_config(folder, dataset)}
     if accelerator.is_main_process:
-        net = accelerator.unwrap_model(model).eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"train ae: preset {preset}, {n_params / 1e6:.2f}M params, attention {'on' if mcfg.attn else 'off'}, "
+              f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
+
+    def step_fn(model, batch):
+        views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
+        o = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"], views=views)
+        acc = ((o.occ_logits.detach() > 0) == (batch["occ_labels"] > 0.5)).float().mean()
+        return o.loss, {"occ_bce": o.occ_loss.detach(), "color_l1": o.color_loss.detach(), "kl": o.kl.detach(),
+                        "occ_acc": acc, **{f"render_{k}": v.detach() for k, v in o.render.items()}}
+
+    def finalize(net, step, record):
         stats = compute_latent_stats(net, ObjectDataset(folder, n_points=tcfg.n_points), 64, accelerator.device)
         write_checkpoint(out / "model", net.state_dict(), {**config, "step": step, "latent_stats": stats}, half=half)
         print(f"wrote {out / 'model'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
-    return record
+
+    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+               stop_after, desc="train ae")
+
+
+# ----------------------------------------------------------------------------------------- stage 2
+
+
+def train_embed(preset: str, out, data: str | None = None, resume: bool = False, image_tower: str | None = None,
+                train_overrides: dict | None = None, half: bool = False, progress: bool = True,
+                stop_after: int | None = None) -> dict:
+    """Align a shape tower to an image tower with InfoNCE (paper_notes 3; OpenShape's recipe).
+
+    Presets with a pretrained tower (``colab_t4``, ``a100_full``) freeze it and train the shape
+    tower only; ``lite`` and ``course`` train a small open_clip ViT from scratch jointly with the
+    shape tower on toy renders (offline). Writes ``out/shape_tower`` and, for a tower trained
+    here, ``out/image_tower``; each records the identity of the image tower (DESIGN.md 6)."""
+    from .config import IMAGE_TOWERS, embed_preset
+    from .data.dataset import ObjectDataset
+    from .models.contrastive import ShapeImageAligner
+    from .models.image_tower import ImageTower
+    from .models.shape_tower import ShapeTower
+
+    out = Path(out)
+    tower_cfg, frozen, shape_cfg, tcfg = embed_preset(preset)
+    if image_tower is not None:  # another tower by name (e.g. vit_b32 for the course shape tower)
+        if image_tower not in IMAGE_TOWERS:
+            raise TrainingError(f"unknown image tower {image_tower!r}; choose from {', '.join(IMAGE_TOWERS)}")
+        tower_cfg = IMAGE_TOWERS[image_tower]
+        frozen = tower_cfg.pretrained is not None
+    shape_cfg.embed_dim = tower_cfg.embed_dim
+    for k, v in (train_overrides or {}).items():
+        setattr(tcfg, k, v)
+    model_cfg = {"image_tower": tower_cfg.to_dict(), "frozen": frozen, "shape_tower": shape_cfg.to_dict()}
+    start = 0
+    if resume:
+        start, tcfg = resume_point(out, "embed_training", preset, model_cfg, tcfg)
+    accelerator = _accelerator(tcfg)
+    torch.manual_seed(tcfg.seed)
+    tower = ImageTower.pretrained(tower_cfg) if tower_cfg.pretrained else ImageTower(tower_cfg)
+    folder = prepare_data(data, out, tcfg, accelerator, views=8, resolution=max(64, tower_cfg.image_size))
+    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=0, seed=tcfg.seed, views="one")
+    model = ShapeImageAligner(tower, ShapeTower(shape_cfg), frozen)
+    config = {"kind": "embed_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
+              "data": _data_config(folder, dataset)}
+    if accelerator.is_main_process:
+        n_img = sum(p.numel() for p in tower.parameters())
+        n_shape = sum(p.numel() for p in model.shape_tower.parameters())
+        print(f"train embed: preset {preset}, image tower {tower_cfg.name} ({n_img / 1e6:.2f}M params, "
+              f"{'frozen' if frozen else 'trained from scratch'}), shape tower {n_shape / 1e6:.2f}M params, "
+              f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
+
+    def step_fn(model, batch):
+        loss, e_i, e_s, scale = model(batch["image"], batch["points"], batch["colors"])
+        acc = ((e_s @ e_i.t()).argmax(dim=1) == torch.arange(len(e_s), device=e_s.device)).float().mean()
+        return loss, {"batch_top1": acc, "temperature": 1 / scale.exp()}
+
+    def finalize(net, step, record):
+        identity = net.image_tower.identity()
+        common = {"preset": preset, "train": tcfg.to_dict(), "data": config["data"], "step": step}
+        if not frozen:
+            write_checkpoint(out / "image_tower", net.image_tower.state_dict(),
+                             {"kind": "image_tower", "model": tower_cfg.to_dict(), "identity": identity, **common},
+                             half=half)
+        write_checkpoint(out / "shape_tower", net.shape_tower.state_dict(),
+                         {"kind": "shape_tower", "model": shape_cfg.to_dict(), "image_tower": identity,
+                          "temperature": net.loss_fn.temperature, **common}, half=half)
+        print(f"wrote {out / 'shape_tower'}{'' if frozen else ' and ' + str(out / 'image_tower')} (step {step}, "
+              f"final loss {record.get('loss', float('nan')):.4f})")
+
+    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+               stop_after, desc="train embed")
+
+
+# ----------------------------------------------------------------------------------------- stage 3
+
+
+class EmbeddingPairs(torch.utils.data.Dataset):
+    """(shape embedding, image embedding of one view) per object; the view is drawn from
+    (seed, epoch, index) like every other random choice of the data pipeline."""
+
+    def __init__(self, e_s, e_i, seed: int = 0):
+        self.e_s, self.e_i, self.seed = e_s, e_i, seed  # (N, D), (N, V, D)
+
+    def __len__(self):
+        return len(self.e_s)
+
+    def __getitem__(self, key):
+        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        v = int(torch.randint(self.e_i.shape[1], (1,), generator=torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + epoch) * 1_000_003 + i)))
+        return {"e_s": self.e_s[i], "e_i": self.e_i[i, v]}
+
+
+class PriorObjective(torch.nn.Module):
+    """forward(e_s, e_i) -> the prior's diffusion loss (a module, so accelerate/DDP can wrap it)."""
+
+    def __init__(self, prior, scheduler):
+        super().__init__()
+        self.prior, self.scheduler = prior, scheduler
+
+    def forward(self, e_s, e_i):
+        return self.prior.loss(e_s, e_i, self.scheduler)
+
+
+def train_prior(preset: str, out, embed: str, data: str | None = None, resume: bool = False,
+                train_overrides: dict | None = None, half: bool = False, progress: bool = True,
+                stop_after: int | None = None) -> dict:
+    """Train the diffusion prior e_i -> e_s (paper_notes 4) on embeddings of a data set made by
+    the towers in ``embed`` (a ``train embed`` output folder). The embeddings are computed once
+    and cached in ``out/embeddings.safetensors``. Writes ``out/prior``."""
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import load_towers
+    from .config import DiffusionConfig, prior_preset
+    from .diffusion import make_scheduler
+    from .embed import embed_folder
+    from .models.prior import DiffusionPrior
+
+    out = Path(out)
+    pcfg, tcfg = prior_preset(preset)
+    for k, v in (train_overrides or {}).items():
+        setattr(tcfg, k, v)
+    dcfg = DiffusionConfig()
+    accelerator = _accelerator(tcfg)
+    tower, shape_tower, shape_cfg = load_towers(embed, device=accelerator.device)
+    if pcfg.embed_dim != tower.cfg.embed_dim:
+        pcfg.embed_dim = tower.cfg.embed_dim  # the prior lives in the towers' space
+    model_cfg = {"prior": pcfg.to_dict(), "diffusion": dcfg.to_dict()}
+    start = 0
+    if resume:
+        start, tcfg = resume_point(out, "prior_training", preset, model_cfg, tcfg)
+    torch.manual_seed(tcfg.seed)
+    # the prior learns on the objects the towers learned on, unless told otherwise
+    folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
+    cache = out / "embeddings.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
+    if cache.exists():
+        emb = load_file(str(cache))
+    else:
+        emb = embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)
+        if accelerator.is_main_process:
+            tmp = cache.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in emb.items()}, str(tmp))
+            tmp.replace(cache)
+    dataset = EmbeddingPairs(emb["e_s"], emb["e_i"], seed=tcfg.seed)
+    prior = DiffusionPrior(pcfg, dcfg)
+    model = PriorObjective(prior, make_scheduler(dcfg, "ddpm"))
+    identity = tower.identity()
+    config = {"kind": "prior_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
+              "data": {"folder": str(folder), "n_objects": len(dataset), "views": int(emb["e_i"].shape[1])},
+              "image_tower": identity}
+    if accelerator.is_main_process:
+        n_params = sum(p.numel() for p in prior.parameters())
+        print(f"train prior: preset {preset}, {n_params / 1e6:.2f}M params, image tower {identity['name']}, "
+              f"{len(dataset)} objects x {emb['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
+              f"device {accelerator.device}")
+
+    def step_fn(model, batch):
+        return model(batch["e_s"], batch["e_i"]), {}
+
+    def finalize(net, step, record):
+        write_checkpoint(out / "prior", net.prior.state_dict(),
+                         {"kind": "diffusion_prior", "preset": preset, "model": pcfg.to_dict(),
+                          "diffusion": dcfg.to_dict(), "image_tower": identity,
+                          "shape_tower": shape_cfg.get("fingerprint"), "train": tcfg.to_dict(),
+                          "data": config["data"], "step": step}, half=half)
+        print(f"wrote {out / 'prior'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
+
+    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+               stop_after, desc="train prior")
