@@ -1,0 +1,86 @@
+"""The diffusion objective and sampling loop around diffusers' schedulers, shared by the
+diffusion prior (stage 3) and the triplane diffusion (stage 4).
+
+Forward process (DDPM): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I), with the
+cosine schedule (``squaredcos_cap_v2``) over T = 1000 steps. Both of our models predict x_0
+("sample" parametrisation; the paper's prior does, paper_notes 4), and are trained with
+
+    L = E_{x_0, t, eps} || f(x_t, t, cond) - x_0 ||_1            (or squared, ``loss="l2"``).
+
+Sampling starts from x_T ~ N(0, I) and walks down a few timesteps with DDIM (deterministic,
+eta = 0), DPM-Solver++ or ancestral DDPM. The caller supplies ``denoise(x_t, t) -> x_0 estimate``,
+so guidance (single or dual) stays with the model that knows its conditions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SAMPLERS = ("ddim", "dpm", "ddpm")
+
+
+def make_scheduler(cfg, sampler: str | None = "ddpm"):
+    """A diffusers scheduler for ``cfg`` (a config.DiffusionConfig): "ddpm" (training and
+    ancestral sampling), "ddim" or "dpm" (DPM-Solver++ multistep). No clipping of x_0: our data
+    (scaled embeddings, normalised latents) is not confined to [-1, 1]."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    ddpm = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule,
+                         prediction_type=cfg.prediction_type, clip_sample=False)
+    if sampler in (None, "ddpm"):
+        return ddpm
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(ddpm.config)
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++")
+    raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def target_for(scheduler, x0, noise, timesteps):
+    """What the network is trained to output under the scheduler's parametrisation."""
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return x0
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> torch.Tensor:
+    """One Monte-Carlo estimate of the training objective for a batch of clean samples ``x0``
+    (B, ...): a random t per sample, noise, the network's prediction, L1 (or L2) to the target.
+    ``denoise(x_t, t)`` is the network with its conditions bound."""
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    pred = denoise(x_t, t)
+    target = target_for(scheduler, x0, noise, t)
+    return F.l1_loss(pred, target) if loss == "l1" else F.mse_loss(pred, target)
+
+
+@torch.no_grad()
+def sample(denoise, shape, cfg, steps: int | None = None, sampler: str | None = None,
+           generator: torch.Generator | None = None, device="cpu", x_T: torch.Tensor | None = None,
+           callback=None) -> torch.Tensor:
+    """Draw samples of ``shape`` by running the reverse process with ``steps`` model calls.
+
+    ``denoise(x_t, t)`` returns the model output under the scheduler's parametrisation, t a (B,)
+    long tensor. ``generator`` (a CPU torch.Generator) makes the draw reproducible on any device.
+    ``callback(i, t, x_t, x0_pred)`` sees every step (for the notebooks' step sliders)."""
+    scheduler = make_scheduler(cfg, sampler or cfg.sampler)
+    scheduler.set_timesteps(steps or cfg.sample_steps)
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator)
+    x = x_T.to(device) * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        out = denoise(scheduler.scale_model_input(x, t), tt)
+        step = scheduler.step(out, t, x, generator=generator)
+        if callback is not None:
+            x0 = getattr(step, "pred_original_sample", None)
+            callback(i, int(t), x, x0 if x0 is not None else out)
+        x = step.prev_sample
+    return x
