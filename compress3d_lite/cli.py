@@ -6,8 +6,12 @@
     compress3d-lite data view OBJECT.npz [-o OUT.html]
     compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
     compress3d-lite train ae --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
+    compress3d-lite train embed --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
+    compress3d-lite train prior --preset {lite,course,colab_t4,a100_full} --embed DIR --out DIR [--resume]
     compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
     compress3d-lite evaluate ae [--ckpt CKPT] [--split test] [--json OUT] [--n N] [--res R] [--preset P]
+    compress3d-lite evaluate embed [--embed DIR] [--split test] [--json OUT] [--n N]
+    compress3d-lite evaluate prior [--prior DIR] [--embed DIR] [--split test] [--json OUT] [--n N] [--guidance G]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
 """
@@ -135,6 +139,27 @@ def cmd_train(args):
     return 0
 
 
+def _train_overrides(args) -> dict:
+    return {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed),
+                              ("n_train", getattr(args, "n_train", None))) if v is not None}
+
+
+def cmd_train_embed(args):
+    from .train import train_embed
+
+    train_embed(args.preset, args.out, data=args.data, resume=args.resume, image_tower=args.image_tower,
+                train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def cmd_train_prior(args):
+    from .train import train_prior
+
+    train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume,
+                train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
 def cmd_demo(args):
     """The main job on the shipped defaults: a few toy objects + one imported mesh, viewed."""
     from . import viz
@@ -190,6 +215,40 @@ def cmd_evaluate(args):
     return 0
 
 
+def _json_arg(args):
+    if args.json and Path(args.json).is_dir():
+        raise CLIError(f"{args.json}: is a directory, not a .json file")
+    if args.n < 2:
+        raise CLIError("--n must be >= 2")
+
+
+def cmd_evaluate_embed(args):
+    from .evaluate import write_report
+    from .evaluate_embed import evaluate_embed, format_embed
+
+    _json_arg(args)
+    report = evaluate_embed(args.embed, split=args.split, n=args.n)
+    print(f"evaluate embed: {report['embed']}, split {args.split} (seed {report['seed']}), {report['seconds']:.0f} s")
+    print(format_embed(report))
+    if args.json:
+        print(f"wrote {write_report(report, args.json)}")
+    return 0
+
+
+def cmd_evaluate_prior(args):
+    from .evaluate import write_report
+    from .evaluate_embed import evaluate_prior, format_prior
+
+    _json_arg(args)
+    report = evaluate_prior(args.prior, args.embed, split=args.split, n=args.n, guidance=args.guidance,
+                            steps=args.steps, sampler=args.sampler, seed=args.seed)
+    print(f"evaluate prior: {report['prior']}, split {args.split} (seed {report['seed']}), {report['seconds']:.0f} s")
+    print(format_prior(report))
+    if args.json:
+        print(f"wrote {write_report(report, args.json)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # parser
 
@@ -222,6 +281,29 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--half", action="store_true", help="store the final model/ weights in fp16")
     ae.set_defaults(func=cmd_train)
 
+    def common_train(q, what):
+        q.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
+        q.add_argument("--out", required=True, help=f"run folder: checkpoint/, {what}, log.jsonl")
+        q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+        q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+        q.add_argument("--batch-size", type=int, default=None)
+        q.add_argument("--seed", type=int, default=None)
+        q.add_argument("--half", action="store_true", help="store the final weights in fp16")
+
+    em = tr.add_parser("embed", help="image and shape towers, contrastive alignment (stage 2)")
+    common_train(em, "image_tower/, shape_tower/")
+    em.add_argument("--data", default=None, help="dataset folder with rendered views (default: generate toy objects)")
+    em.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    em.add_argument("--image-tower", default=None,
+                    help="override the preset's image tower: toy, toy_lite, vit_b32, vit_bigg14")
+    em.set_defaults(func=cmd_train_embed)
+
+    pr = tr.add_parser("prior", help="the diffusion prior, image embedding -> shape embedding (stage 3)")
+    common_train(pr, "prior/, embeddings.safetensors")
+    pr.add_argument("--embed", required=True, help="the output folder of train embed (its towers)")
+    pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    pr.set_defaults(func=cmd_train_prior)
+
     from .reconstruct import DEFAULT_CKPT
 
     rc = sub.add_parser("reconstruct", help="a mesh or object through the VAE and back to a mesh")
@@ -245,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
     eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
     eva.set_defaults(func=cmd_evaluate)
+
+    from .evaluate_embed import SHIPPED_EMBED, SHIPPED_PRIOR
+
+    def common_eval(q):
+        q.add_argument("--embed", default=str(SHIPPED_EMBED),
+                       help="output folder of train embed (default: the shipped course towers)")
+        q.add_argument("--split", default="test", choices=["train", "val", "test"],
+                       help="toy seed range: train 0, val 500, test 1000 (default %(default)s)")
+        q.add_argument("--n", type=int, default=112, help="objects, 8 per category at 112 (default %(default)s)")
+        q.add_argument("--json", default=None, help="write the full report here")
+
+    eve = ev.add_parser("embed", help="the towers: image -> shape retrieval, category accuracy")
+    common_eval(eve)
+    eve.set_defaults(func=cmd_evaluate_embed)
+    evp = ev.add_parser("prior", help="the prior: cosine to the true shape embedding, retrieval")
+    common_eval(evp)
+    evp.add_argument("--prior", default=str(SHIPPED_PRIOR), help="prior folder (default: the shipped course prior)")
+    evp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    evp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's config)")
+    evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"])
+    evp.add_argument("--seed", type=int, default=0)
+    evp.set_defaults(func=cmd_evaluate_prior)
 
     data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
 
@@ -281,7 +385,11 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .train import TrainingError
 
-    known = (CLIError, DataFormatError, FileNotFoundError, CheckpointError, TrainingError)
+    from .data.images import ImageError
+    from .models.image_tower import PretrainedWeightsUnavailable
+
+    known = (CLIError, DataFormatError, FileNotFoundError, CheckpointError, TrainingError, ImageError,
+             PretrainedWeightsUnavailable)
     try:
         from .data.mesh_import import MeshImportError
 

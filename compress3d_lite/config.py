@@ -169,3 +169,171 @@ def ae_preset(name: str) -> tuple:
     if name not in AE_PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(AE_PRESETS)}")
     return copy.deepcopy(AE_PRESETS[name])
+
+
+def _from_dict(cls, d: dict, what: str):
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ----------------------------------------------------------------------------------------
+# stage 2: image and shape embeddings (paper_notes section 3; DESIGN.md section 3.2)
+
+
+@dataclass
+class ImageTowerConfig:
+    """An open_clip image encoder. ``pretrained`` set: open_clip's ``arch`` with those weights
+    (downloaded from the Hugging Face hub); None: a small open_clip VisionTransformer trained
+    from scratch on toy renders (the offline ``toy`` towers)."""
+
+    name: str = "toy"
+    arch: str = "VisionTransformer"  # open_clip model name when pretrained
+    pretrained: str | None = None  # open_clip weights tag, e.g. "laion2b_s34b_b79k"
+    embed_dim: int = 256
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 96
+    layers: int = 4
+    heads: int = 4
+    background: float = 1.0  # RGBA inputs are composited on this grey level (1.0: white)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImageTowerConfig":
+        return _from_dict(cls, d, "ImageTowerConfig")
+
+
+IMAGE_TOWERS = {
+    # offline, trained from scratch on toy renders (what CI, the notebooks and the shipped checkpoints use)
+    "toy": ImageTowerConfig(),
+    "toy_lite": ImageTowerConfig(name="toy_lite", embed_dim=64, image_size=32, patch_size=8, width=64, layers=2,
+                                 heads=2),
+    # pretrained open_clip (Colab; needs the weights from the Hugging Face hub once)
+    "vit_b32": ImageTowerConfig(name="vit_b32", arch="ViT-B-32", pretrained="laion2b_s34b_b79k", embed_dim=512,
+                                image_size=224),
+    # the paper's: OpenShape aligns to OpenCLIP ViT-bigG-14, 1280-d (paper_notes 3)
+    "vit_bigg14": ImageTowerConfig(name="vit_bigg14", arch="ViT-bigG-14", pretrained="laion2b_s39b_b160k",
+                                   embed_dim=1280, image_size=224),
+}
+
+
+@dataclass
+class ShapeTowerConfig:
+    """Point-cloud encoder of coloured points into the image tower's space (OpenShape's role;
+    a PointNet here where OpenShape uses PointBERT)."""
+
+    width: int = 64
+    blocks: int = 4
+    pe_freqs: int = 6
+    pool_res: int = 8
+    hidden: int = 256
+    embed_dim: int = 256  # = the image tower's embed_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShapeTowerConfig":
+        return _from_dict(cls, d, "ShapeTowerConfig")
+
+
+EMBED_PRESETS = {
+    # (image tower, frozen?, shape tower, training)
+    "lite": ("toy_lite", False, ShapeTowerConfig(width=32, blocks=3, hidden=128, embed_dim=64),
+             TrainConfig(steps=150, batch_size=32, lr=1e-3, warmup_steps=20, n_points=512, n_train=64, log_every=10,
+                         ckpt_every=100)),
+    "course": ("toy", False, ShapeTowerConfig(width=32, blocks=3),
+               TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup_steps=100, weight_decay=0.05, n_points=512,
+                           n_train=1024, log_every=50, ckpt_every=500)),
+    # OpenShape's recipe: the pretrained image tower is frozen, only the shape tower learns
+    "colab_t4": ("vit_b32", True, ShapeTowerConfig(width=128, blocks=5, hidden=512, embed_dim=512),
+                 TrainConfig(steps=20_000, batch_size=128, lr=5e-4, n_points=4096, n_train=20_000,
+                             mixed_precision="fp16", num_workers=2, ckpt_every=2000, log_every=100)),
+    "a100_full": ("vit_bigg14", True, ShapeTowerConfig(width=256, blocks=6, pool_res=16, hidden=1024,
+                                                      embed_dim=1280),
+                  TrainConfig(steps=100_000, batch_size=256, lr=5e-4, n_points=10_000, n_train=0,
+                              mixed_precision="bf16", num_workers=8, ckpt_every=5000, log_every=100)),
+}
+
+
+def embed_preset(name: str) -> tuple:
+    """(ImageTowerConfig, frozen, ShapeTowerConfig, TrainConfig) of a named preset (copies)."""
+    import copy
+
+    if name not in EMBED_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(EMBED_PRESETS)}")
+    tower, frozen, shape, train = copy.deepcopy(EMBED_PRESETS[name])
+    return copy.deepcopy(IMAGE_TOWERS[tower]), frozen, shape, train
+
+
+# ----------------------------------------------------------------------------------------
+# diffusion (shared by stage 3, the prior, and stage 4, the triplane diffusion)
+
+
+@dataclass
+class DiffusionConfig:
+    """The noise schedule and sampler around diffusers' schedulers (paper: not found; our choice)."""
+
+    train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
+    prediction_type: str = "sample"  # the model predicts x0 (paper_notes 4: "output: the clean e_s")
+    sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"
+    sample_steps: int = 25
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffusionConfig":
+        return _from_dict(cls, d, "DiffusionConfig")
+
+
+# ----------------------------------------------------------------------------------------
+# stage 3: the diffusion prior, image embedding -> shape embedding (paper_notes section 4)
+
+
+@dataclass
+class PriorConfig:
+    """Residual MLP with long skip connections; predicts the clean shape embedding."""
+
+    embed_dim: int = 256  # = the towers' embed_dim
+    width: int = 384
+    depth: int = 6  # residual blocks (even: the first half's outputs skip to the second half)
+    time_dim: int = 128
+    cond_drop: float = 0.1  # p of replacing the image embedding by a learned null (for guidance)
+    loss: str = "l1"  # paper_notes 4: L1 on the clean embedding
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorConfig":
+        return _from_dict(cls, d, "PriorConfig")
+
+
+PRIOR_PRESETS = {
+    "lite": (PriorConfig(embed_dim=64, width=128, depth=2, time_dim=32),
+             TrainConfig(steps=300, batch_size=64, lr=1e-3, warmup_steps=20, log_every=20, ckpt_every=200)),
+    "course": (PriorConfig(), TrainConfig(steps=4000, batch_size=256, lr=5e-4, warmup_steps=100, log_every=100,
+                                          ckpt_every=1000)),
+    "colab_t4": (PriorConfig(embed_dim=512, width=768, depth=6, time_dim=256),
+                 TrainConfig(steps=100_000, batch_size=512, lr=3e-4, mixed_precision="fp16", ckpt_every=5000,
+                             log_every=100)),
+    # paper: 25.8M params, 2 x A100 for 18 h (paper_notes 4)
+    "a100_full": (PriorConfig(embed_dim=1280, width=1024, depth=6, time_dim=320),
+                  TrainConfig(steps=300_000, batch_size=1024, lr=1e-4, mixed_precision="bf16", ckpt_every=10_000,
+                              log_every=100)),
+}
+
+
+def prior_preset(name: str) -> tuple:
+    """(PriorConfig, TrainConfig) of a named preset (copies)."""
+    import copy
+
+    if name not in PRIOR_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRIOR_PRESETS)}")
+    return copy.deepcopy(PRIOR_PRESETS[name])

@@ -76,3 +76,26 @@ def psnr(pred_rgb, gt_rgb, max_value: float = 1.0) -> float:
         raise ValueError(f"colour arrays differ in shape: {pred.shape} vs {gt.shape}")
     mse = np.mean((pred - gt) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(max_value ** 2 / mse))
+
+
+# ----------------------------------------------------------------------------- embeddings (stage 2-3)
+
+
+def retrieval(queries, gallery, query_categories=None, gallery_categories=None, ks=(1, 5)) -> dict:
+    """Cross-modal retrieval: query k must find gallery item k (cosine similarity of unit vectors).
+
+    Returns top-k accuracy for each k (share of queries whose own item ranks in the first k)
+    and, with categories, ``category_acc``: share of queries whose top-1 item has the query's
+    category (OpenShape / ULIP's retrieval accuracy on classes)."""
+    import torch
+
+    q, g = torch.as_tensor(queries).float(), torch.as_tensor(gallery).float()
+    sim = q @ g.t()  # (Q, G)
+    own = sim.diagonal()[:, None]
+    rank = (sim > own).sum(dim=1)  # 0: the own item is first
+    out = {f"top{k}": float((rank < k).float().mean()) for k in ks}
+    if query_categories is not None:
+        best = sim.argmax(dim=1)
+        qc, gc = torch.as_tensor(query_categories), torch.as_tensor(gallery_categories)
+        out["category_acc"] = float((gc[best] == qc).float().mean())
+    return out

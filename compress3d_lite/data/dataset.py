@@ -5,6 +5,7 @@
                    # occ_labels (M,) float, transform (4, 4), category () long (-1: none)
                    # and, with views=True: images (V, 4, H, W) float in [0, 1], depths (V, H, W),
                    # cam2world (V, 4, 4), intrinsics (V, 3, 3)
+                   # and, with views="one": image (4, H, W), one view drawn like the points
 
 Random subsets of points and queries are drawn from ``(seed, epoch, index)``, so an epoch is
 reproducible and ``set_epoch`` changes the draw (what a resumed training run needs).
@@ -25,7 +26,7 @@ CATEGORY_NAMES = list(CATEGORIES)
 
 class ObjectDataset(torch.utils.data.Dataset):
     def __init__(self, root, n_points: int | None = None, n_occ: int | None = None,
-                 views: bool = False, seed: int = 0):
+                 views: bool | str = False, seed: int = 0):
         self.root = Path(root)
         self.index = read_index(self.root)
         self.entries = self.index["objects"]
@@ -60,9 +61,12 @@ class ObjectDataset(torch.utils.data.Dataset):
             "transform": torch.from_numpy(obj["transform"]),
             "category": torch.tensor(CATEGORY_NAMES.index(category) if category in CATEGORY_NAMES else -1),
         }
-        if self.views:
-            if "images" not in obj:
-                raise ValueError(f"{self.root / self.entries[i]['file']}: has no rendered views")
+        if self.views and "images" not in obj:
+            raise ValueError(f"{self.root / self.entries[i]['file']}: has no rendered views")
+        if self.views == "one":
+            v = int(rng.integers(len(obj["images"])))
+            item["image"] = torch.from_numpy(obj["images"][v]).permute(2, 0, 1).float() / 255.0
+        elif self.views:
             item["images"] = torch.from_numpy(obj["images"]).permute(0, 3, 1, 2).float() / 255.0
             item["depths"] = torch.from_numpy(obj["depths"])
             item["cam2world"] = torch.from_numpy(obj["cam2world"])

@@ -1,0 +1,29 @@
+"""The shape tower: coloured points -> unit-norm shape embedding e_s in the image tower's space.
+
+OpenShape (paper_notes 3) aligns a PointBERT over 10k xyz+rgb points to OpenCLIP's image space
+with a contrastive loss; the embedding it produces is the paper's shape embedding. We use the
+same recipe with a smaller backbone: the local-pool PointNet of the VAE encoder, then a global
+max + mean pool and an MLP head.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .pointnet import LocalPoolPointNet
+
+
+class ShapeTower(nn.Module):
+    """(B, N, 3) xyz + (B, N, 3) rgb -> (B, D) unit-norm shape embeddings."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.pointnet = LocalPoolPointNet(cfg.width, cfg.blocks, cfg.pe_freqs, cfg.pool_res)
+        self.head = nn.Sequential(nn.LayerNorm(2 * cfg.width), nn.Linear(2 * cfg.width, cfg.hidden), nn.GELU(),
+                                  nn.Linear(cfg.hidden, cfg.embed_dim))
+
+    def forward(self, xyz: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        f = self.pointnet(xyz, rgb)  # (B, N, C)
+        g = torch.cat([f.amax(dim=1), f.mean(dim=1)], dim=-1)  # (B, 2C): order-free summary
+        return F.normalize(self.head(g), dim=-1)  # (B, D)
