@@ -337,3 +337,56 @@ def prior_preset(name: str) -> tuple:
     if name not in PRIOR_PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRIOR_PRESETS)}")
     return copy.deepcopy(PRIOR_PRESETS[name])
+
+
+# ----------------------------------------------------------------------------------------
+# stage 4: the triplane latent diffusion (paper_notes section 5)
+
+
+@dataclass
+class UNetConfig:
+    """Triplane UNet over the VAE's normalised latent (3, c', r', r'), with Rodin's 3D-aware
+    convolution and cross-attention to the image and shape embeddings. Paper: about 864M params."""
+
+    latent_channels: int = 8  # c' of the VAE
+    latent_res: int = 16  # r' of the VAE
+    channels: tuple = (32, 64)  # per level; r' -> r'/2 between levels
+    blocks_per_level: int = 1
+    attn_levels: tuple = (1,)  # levels with cross-attention (0 = full resolution)
+    heads: int = 4
+    embed_dim: int = 256  # = the towers' embed_dim
+    time_dim: int = 64
+    cond_drop: float = 0.05  # p of dropping each condition independently (paper_notes 5)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        return _from_dict(cls, d, "UNetConfig")
+
+
+DIFFUSION_PRESETS = {
+    "lite": (UNetConfig(latent_channels=4, latent_res=8, channels=(16, 32), embed_dim=64, time_dim=32, heads=2),
+             TrainConfig(steps=200, batch_size=16, lr=1e-3, warmup_steps=20, log_every=20, ckpt_every=100)),
+    "course": (UNetConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100, log_every=50,
+                                         ckpt_every=500)),
+    "colab_t4": (UNetConfig(latent_channels=16, latent_res=32, channels=(128, 256, 384), blocks_per_level=2,
+                            attn_levels=(1, 2), heads=8, embed_dim=512, time_dim=256),
+                 TrainConfig(steps=200_000, batch_size=32, lr=1e-4, mixed_precision="fp16", ckpt_every=5000,
+                             log_every=100)),
+    # paper: 864M params, 8 x A100 for 4 days (paper_notes 5)
+    "a100_full": (UNetConfig(latent_channels=32, latent_res=32, channels=(320, 640, 960, 1152), blocks_per_level=2,
+                             attn_levels=(1, 2, 3), heads=16, embed_dim=1280, time_dim=512),
+                  TrainConfig(steps=500_000, batch_size=32, lr=1e-4, mixed_precision="bf16", ckpt_every=5000,
+                              log_every=100)),
+}
+
+
+def diffusion_preset(name: str) -> tuple:
+    """(UNetConfig, TrainConfig) of a named preset (copies)."""
+    import copy
+
+    if name not in DIFFUSION_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(DIFFUSION_PRESETS)}")
+    return copy.deepcopy(DIFFUSION_PRESETS[name])

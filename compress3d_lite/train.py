@@ -427,3 +427,132 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
 
     return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
                stop_after, desc="train prior")
+
+
+# ----------------------------------------------------------------------------------------- stage 4
+
+
+class LatentTriples(torch.utils.data.Dataset):
+    """(normalised VAE latent, image embedding of one view, shape embedding) per object."""
+
+    def __init__(self, latents, e_i, e_s, seed: int = 0):
+        self.z, self.e_i, self.e_s, self.seed = latents, e_i, e_s, seed  # (N, 3, c', r', r'), (N, V, D), (N, D)
+
+    def __len__(self):
+        return len(self.z)
+
+    def __getitem__(self, key):
+        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+        v = int(torch.randint(self.e_i.shape[1], (1,), generator=torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + epoch) * 1_000_003 + i)))
+        return {"z": self.z[i], "e_i": self.e_i[i, v], "e_s": self.e_s[i]}
+
+
+class DiffusionObjective(torch.nn.Module):
+    """forward(z, e_i, e_s) -> the UNet's diffusion loss, each condition dropped with p = cond_drop
+    independently (a module, so accelerate/DDP can wrap it)."""
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.unet, self.scheduler = unet, scheduler
+
+    def forward(self, z, e_i, e_s):
+        from .diffusion import diffusion_loss
+
+        p = self.unet.cfg.cond_drop
+        drop_i = torch.rand(z.shape[0], device=z.device) < p
+        drop_s = torch.rand(z.shape[0], device=z.device) < p
+        return diffusion_loss(lambda x, t: self.unet(x, t, e_i, e_s, drop_i, drop_s), z, self.scheduler, "l2")
+
+
+@torch.no_grad()
+def encode_latents(vae, folder, n_points: int, device, progress: bool = True) -> torch.Tensor:
+    """Posterior means (N, 3, c', r', r') of every object of a data folder (epoch 0's point draw)."""
+    from tqdm.auto import tqdm
+
+    from .data.dataset import ObjectDataset
+
+    ds = ObjectDataset(folder, n_points=n_points)
+    out = []
+    for i in tqdm(range(len(ds)), desc="encode", disable=not progress):
+        item = ds[i]
+        mu, _ = vae.encode(item["points"][None].to(device), item["colors"][None].to(device))
+        out.append(mu.cpu())
+    return torch.cat(out)
+
+
+def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
+                    train_overrides: dict | None = None, half: bool = False, progress: bool = True,
+                    stop_after: int | None = None) -> dict:
+    """Train the triplane UNet (paper_notes 5) on normalised VAE latents of a data set, conditioned
+    on the towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
+    embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``,
+    whose config records the VAE, the image tower and the shape tower it belongs to."""
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import latent_stats, load_towers, load_vae
+    from .config import DiffusionConfig, diffusion_preset
+    from .diffusion import make_scheduler
+    from .embed import embed_folder
+    from .models.image_tower import fingerprint
+    from .models.triplane_unet import TriplaneUNet
+
+    out = Path(out)
+    ucfg, tcfg = diffusion_preset(preset)
+    for k, v in (train_overrides or {}).items():
+        setattr(tcfg, k, v)
+    accelerator = _accelerator(tcfg)
+    vae_model, vae_cfg = load_vae(vae, device=accelerator.device)
+    tower, shape_tower, shape_cfg = load_towers(embed, device=accelerator.device)
+    mean, std = latent_stats(vae_cfg, accelerator.device)
+    if mean is None:
+        raise TrainingError(f"{vae}: has no latent_stats (a training checkpoint?); use the final model/ folder")
+    # the UNet lives in the VAE's latent space and the towers' embedding space
+    ucfg.latent_channels, ucfg.latent_res = vae_model.cfg.latent_channels, vae_model.cfg.latent_res
+    ucfg.embed_dim = tower.cfg.embed_dim
+    dcfg = DiffusionConfig(prediction_type="v_prediction")
+    model_cfg = {"unet": ucfg.to_dict(), "diffusion": dcfg.to_dict()}
+    start = 0
+    if resume:
+        start, tcfg = resume_point(out, "diffusion_training", preset, model_cfg, tcfg)
+    torch.manual_seed(tcfg.seed)
+    folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
+    cache = out / "latents.safetensors"
+    out.mkdir(parents=True, exist_ok=True)
+    if cache.exists():
+        saved = load_file(str(cache))
+    else:
+        mu = encode_latents(vae_model, folder, int(vae_cfg["train"]["n_points"]), accelerator.device, progress)
+        emb = embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)
+        saved = {"mu": mu, **emb}
+        if accelerator.is_main_process:
+            tmp = cache.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in saved.items()}, str(tmp))
+            tmp.replace(cache)
+    z = (saved["mu"] - mean[0].cpu()) / std[0].cpu()  # (N, 3, c', r', r'), about unit variance per channel
+    dataset = LatentTriples(z, saved["e_i"], saved["e_s"], seed=tcfg.seed)
+    unet = TriplaneUNet(ucfg)
+    model = DiffusionObjective(unet, make_scheduler(dcfg, "ddpm"))
+    links = {"vae": {"preset": vae_cfg.get("preset"), "weights": fingerprint(vae_model.state_dict())},
+             "image_tower": tower.identity(), "shape_tower": shape_cfg.get("fingerprint")}
+    config = {"kind": "diffusion_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
+              "data": {"folder": str(folder), "n_objects": len(dataset), "views": int(saved["e_i"].shape[1])},
+              **links}
+    if accelerator.is_main_process:
+        n_params = sum(p.numel() for p in unet.parameters())
+        print(f"train diffusion: preset {preset}, {n_params / 1e6:.2f}M params, latent {tuple(z.shape[1:])}, "
+              f"{len(dataset)} objects x {saved['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
+              f"device {accelerator.device}")
+
+    def step_fn(model, batch):
+        return model(batch["z"], batch["e_i"], batch["e_s"]), {}
+
+    def finalize(net, step, record):
+        write_checkpoint(out / "unet", net.unet.state_dict(),
+                         {"kind": "triplane_unet", "preset": preset, "model": ucfg.to_dict(), "diffusion": dcfg.to_dict(),
+                          **links, "latent_stats": vae_cfg["latent_stats"], "train": tcfg.to_dict(),
+                          "data": config["data"], "step": step}, half=half)
+        print(f"wrote {out / 'unet'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
+
+    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+               stop_after, desc="train diffusion")
