@@ -8,9 +8,12 @@
     compress3d-lite train ae --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
     compress3d-lite train embed --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
     compress3d-lite train prior --preset {lite,course,colab_t4,a100_full} --embed DIR --out DIR [--resume]
+    compress3d-lite train diffusion --preset P --vae DIR --embed DIR --out DIR [--resume]
+    compress3d-lite generate IMAGE... -o OUT_DIR [--format glb|ply|obj] [--steps N] [--seed S] [--no-prior] [--res R]
     compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
     compress3d-lite evaluate ae [--ckpt CKPT] [--split test] [--json OUT] [--n N] [--res R] [--preset P]
     compress3d-lite evaluate embed [--embed DIR] [--split test] [--json OUT] [--n N]
+    compress3d-lite evaluate generate [--pipeline DIR] [--split test] [--json OUT] [--n N]
     compress3d-lite evaluate prior [--prior DIR] [--embed DIR] [--split test] [--json OUT] [--n N] [--guidance G]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
@@ -160,6 +163,67 @@ def cmd_train_prior(args):
     return 0
 
 
+def cmd_train_diffusion(args):
+    from .train import train_diffusion
+
+    train_diffusion(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume,
+                    train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def cmd_generate(args):
+    """One coloured mesh per image; a bad image is reported and skipped, the rest still done."""
+    import json
+
+    from .data.images import ImageError, load_image
+    from .data.io import atomic_write_bytes
+    from .mesh import MeshingError, save_mesh
+    from .pipeline import Compress3DPipeline
+
+    if args.steps < 1 or args.res < 8:
+        raise CLIError("--steps must be >= 1 and --res >= 8")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder")
+    t0 = time.perf_counter()
+    pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
+    load_seconds = time.perf_counter() - t0
+    print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
+          f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
+          f"the prior, {args.steps} steps, guidance image "
+          f"{pipe.default_guidance['image'] if args.guidance_image is None else args.guidance_image} / shape "
+          f"{pipe.default_guidance['shape'] if args.guidance_shape is None else args.guidance_shape}")
+    report, failed, used = {"pipeline": str(args.pipeline), "load_seconds": load_seconds, "settings": {
+        "steps": args.steps, "seed": args.seed, "use_prior": not args.no_prior, "res": args.res,
+        "guidance_image": args.guidance_image, "guidance_shape": args.guidance_shape}, "images": []}, 0, set()
+    for path in args.images:
+        try:
+            image = load_image(path)
+            result = pipe(image, steps=args.steps, guidance_image=args.guidance_image,
+                          guidance_shape=args.guidance_shape, seed=args.seed, use_prior=not args.no_prior,
+                          res=args.res)
+        except (ImageError, MeshingError) as e:
+            print(f"error: {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
+            report["images"].append({"image": str(path), "error": str(e)})
+            failed += 1
+            continue
+        stem = Path(path).stem
+        name, k = stem, 1
+        while name in used:
+            name, k = f"{stem}_{k}", k + 1
+        used.add(name)
+        out.mkdir(parents=True, exist_ok=True)
+        mesh_path = save_mesh(result.mesh, out / f"{name}.{args.format}")
+        report["images"].append({"image": str(path), "mesh": str(mesh_path), "n_vertices": len(result.mesh.vertices),
+                                 "n_faces": len(result.mesh.faces), "timings": result.timings})
+        print(f"{path} -> {mesh_path} ({len(result.mesh.faces)} faces, {result.timings['total']:.2f} s: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total") + ")")
+    if report["images"] and failed < len(args.images):
+        atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
+        print(f"wrote {out / 'generate.json'}")
+    return EXIT_BAD_INPUT if failed else 0
+
+
 def cmd_demo(args):
     """The main job on the shipped defaults: a few toy objects + one imported mesh, viewed."""
     from . import viz
@@ -249,6 +313,21 @@ def cmd_evaluate_prior(args):
     return 0
 
 
+def cmd_evaluate_generate(args):
+    from .evaluate import write_report
+    from .evaluate_generate import evaluate_generate, format_generate
+
+    _json_arg(args)
+    report = evaluate_generate(args.pipeline, split=args.split, n=args.n, res=args.res, steps=args.steps,
+                               guidance_image=args.guidance_image, guidance_shape=args.guidance_shape, seed=args.seed)
+    print(f"evaluate generate: pipeline {args.pipeline}, split {args.split} (seed {report['seed']}), "
+          f"{report['seconds']:.0f} s")
+    print(format_generate(report))
+    if args.json:
+        print(f"wrote {write_report(report, args.json)}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # parser
 
@@ -304,6 +383,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
     pr.set_defaults(func=cmd_train_prior)
 
+    df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
+    common_train(df, "unet/, latents.safetensors")
+    df.add_argument("--vae", required=True, help="the VAE model folder (its latent space and latent stats)")
+    df.add_argument("--embed", required=True, help="the output folder of train embed (its towers)")
+    df.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    df.set_defaults(func=cmd_train_diffusion)
+
+    g = sub.add_parser("generate", help="image(s) in, one coloured mesh each out (the main job)")
+    g.add_argument("images", nargs="+", help="image files (PNG/JPEG/...; RGBA is composited on white)")
+    g.add_argument("-o", "--output", required=True, help="output folder: one mesh per image + generate.json")
+    g.add_argument("--format", default="glb", choices=["glb", "ply", "obj"])
+    g.add_argument("--steps", type=int, default=25, help="DDIM steps of the triplane diffusion (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-prior", action="store_true", help="condition on the image embedding only (ablation)")
+    g.add_argument("--res", type=int, default=128, help="marching-cubes grid (default %(default)s)")
+    g.add_argument("--guidance-image", type=float, default=None,
+                   help="image guidance scale (default: the checkpoint's measured best; paper best 5.0)")
+    g.add_argument("--guidance-shape", type=float, default=None,
+                   help="shape guidance scale (default: the checkpoint's measured best; paper best 1.0)")
+    g.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
+    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    g.set_defaults(func=cmd_generate)
+
     from .reconstruct import DEFAULT_CKPT
 
     rc = sub.add_parser("reconstruct", help="a mesh or object through the VAE and back to a mesh")
@@ -349,6 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"])
     evp.add_argument("--seed", type=int, default=0)
     evp.set_defaults(func=cmd_evaluate_prior)
+    evg = ev.add_parser("generate", help="image -> mesh on held-out objects: IoU, Chamfer, category, image similarity")
+    evg.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
+    evg.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evg.add_argument("--steps", type=int, default=25)
+    evg.add_argument("--guidance-image", type=float, default=None, help="default: the checkpoint's")
+    evg.add_argument("--guidance-shape", type=float, default=None, help="default: the checkpoint's")
+    evg.add_argument("--seed", type=int, default=0)
+    evg.add_argument("--json", default=None, help="write the full report here")
+    evg.set_defaults(func=cmd_evaluate_generate)
 
     data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
 

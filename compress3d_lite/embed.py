@@ -64,3 +64,16 @@ def embed_folder(tower, shape_tower, folder, n_points: int, progress: bool = Tru
         e_i.append(embed_rgba(tower, item["images"])[None])
         cat.append(item["category"])
     return {"e_s": torch.cat(e_s).cpu(), "e_i": torch.cat(e_i).cpu(), "category": torch.stack(cat).cpu()}
+
+
+@torch.no_grad()
+def embed_mesh(shape_tower, mesh, n_points: int = 512, seed: int = 0) -> torch.Tensor:
+    """A trimesh with vertex colours (e.g. a generated one) -> (1, D): the shape embedding of
+    ``n_points`` area-uniform surface samples with colours interpolated over the faces (the same
+    kind of input the shape tower was trained on)."""
+    from .data.surface import ColoredMesh, CornerColors
+
+    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
+    cmesh = ColoredMesh.from_parts([("mesh", mesh, CornerColors(rgb[np.asarray(mesh.faces)]))])
+    points, colors, _ = cmesh.sample_surface(n_points, seed)
+    return embed_points(shape_tower, points, colors)

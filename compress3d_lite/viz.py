@@ -269,6 +269,35 @@ def occupancy_slices(volume_or_fn: np.ndarray | Callable, axis="z", resolution=6
     return fig
 
 
+def mesh_steps_figure(meshes, names, title=None, lim: float | None = 1.0) -> go.Figure:
+    """A sequence of coloured trimeshes (e.g. the decoded x0 estimate at each denoising step)
+    with a slider and a play button; plotly frames, so it works without a kernel (Colab, HTML).
+    ``None`` entries (no surface yet) show as an empty scene."""
+    if len(meshes) != len(names) or not meshes:
+        raise ValueError(f"got {len(meshes)} meshes and {len(names)} names")
+
+    def trace(m):
+        if m is None or len(m.faces) == 0:
+            return go.Mesh3d(x=[0], y=[0], z=[0], i=[], j=[], k=[], hoverinfo="skip")
+        vc = np.asarray(m.visual.vertex_colors)[:, :3] if m.visual.kind == "vertex" else None
+        return mesh_trace(m.vertices, m.faces, vertex_colors=vc)
+
+    start = len(meshes) - 1
+    fig = go.Figure(data=[trace(meshes[start])],
+                    frames=[go.Frame(data=[trace(m)], name=n) for m, n in zip(meshes, names)])
+    anim = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    steps = [dict(method="animate", label=n, args=[[n], anim]) for n in names]
+    play = dict(type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top", showactive=False,
+                buttons=[dict(label="▶", method="animate",
+                              args=[None, dict(anim, frame=dict(duration=300, redraw=True), fromcurrent=True)]),
+                         dict(label="❚❚", method="animate", args=[[None], anim])])
+    _layout_3d(fig, title, lim)
+    fig.update_layout(updatemenus=[play], height=540,
+                      sliders=[dict(active=start, steps=steps, x=0.12, len=0.88, y=0.0, yanchor="top",
+                                    currentvalue=dict(prefix=""), pad=dict(t=10))])
+    return fig
+
+
 # ------------------------------------------------------------------------------------------
 # images
 
