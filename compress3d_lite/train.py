@@ -333,6 +333,14 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
 # ----------------------------------------------------------------------------------------- stage 3
 
 
+def drawn_view(key, seed: int, n_views: int) -> tuple:
+    """(object index, view index) for a sampler key (index or (index, epoch)): the view is drawn
+    from (seed, epoch, index), like every other random choice of the data pipeline."""
+    i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+    v = int(torch.randint(n_views, (1,), generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + i)))
+    return i, v
+
+
 class EmbeddingPairs(torch.utils.data.Dataset):
     """(shape embedding, image embedding of one view) per object; the view is drawn from
     (seed, epoch, index) like every other random choice of the data pipeline."""
@@ -344,9 +352,7 @@ class EmbeddingPairs(torch.utils.data.Dataset):
         return len(self.e_s)
 
     def __getitem__(self, key):
-        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
-        v = int(torch.randint(self.e_i.shape[1], (1,), generator=torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + epoch) * 1_000_003 + i)))
+        i, v = drawn_view(key, self.seed, self.e_i.shape[1])
         return {"e_s": self.e_s[i], "e_i": self.e_i[i, v]}
 
 
@@ -442,9 +448,7 @@ class LatentTriples(torch.utils.data.Dataset):
         return len(self.z)
 
     def __getitem__(self, key):
-        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
-        v = int(torch.randint(self.e_i.shape[1], (1,), generator=torch.Generator().manual_seed(
-            (self.seed * 1_000_003 + epoch) * 1_000_003 + i)))
+        i, v = drawn_view(key, self.seed, self.e_i.shape[1])
         return {"z": self.z[i], "e_i": self.e_i[i, v], "e_s": self.e_s[i]}
 
 
