@@ -80,6 +80,13 @@ class SampleSpec:
 # stage 1: the triplane VAE (paper_notes section 2; DESIGN.md sections 3-4)
 
 
+def _from_dict(cls, d: dict, what: str):
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 @dataclass
 class AEConfig:
     """Triplane VAE architecture. Paper scale (a100_full): r = 128, latent 3 x 32 x 32 x 32, r'' = 32."""
@@ -111,10 +118,7 @@ class AEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AEConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown AEConfig fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return _from_dict(cls, d, "AEConfig")
 
 
 @dataclass
@@ -169,13 +173,6 @@ def ae_preset(name: str) -> tuple:
     if name not in AE_PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(AE_PRESETS)}")
     return copy.deepcopy(AE_PRESETS[name])
-
-
-def _from_dict(cls, d: dict, what: str):
-    unknown = set(d) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown {what} fields: {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # ----------------------------------------------------------------------------------------

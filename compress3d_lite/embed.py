@@ -71,9 +71,7 @@ def embed_mesh(shape_tower, mesh, n_points: int = 512, seed: int = 0) -> torch.T
     """A trimesh with vertex colours (e.g. a generated one) -> (1, D): the shape embedding of
     ``n_points`` area-uniform surface samples with colours interpolated over the faces (the same
     kind of input the shape tower was trained on)."""
-    from .data.surface import ColoredMesh, CornerColors
+    from .data.surface import ColoredMesh
 
-    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
-    cmesh = ColoredMesh.from_parts([("mesh", mesh, CornerColors(rgb[np.asarray(mesh.faces)]))])
-    points, colors, _ = cmesh.sample_surface(n_points, seed)
+    points, colors, _ = ColoredMesh.from_vertex_colors(mesh).sample_surface(n_points, seed)
     return embed_points(shape_tower, points, colors)

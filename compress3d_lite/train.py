@@ -341,6 +341,22 @@ def drawn_view(key, seed: int, n_views: int) -> tuple:
     return i, v
 
 
+def cached_tensors(cache: Path, accelerator, compute) -> dict:
+    """``compute()`` (a dict of tensors) once per run folder: loaded from ``cache`` when it
+    exists, else computed and written there atomically by the main process."""
+    from safetensors.torch import load_file, save_file
+
+    if cache.exists():
+        return load_file(str(cache))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tensors = compute()
+    if accelerator.is_main_process:
+        tmp = cache.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        tmp.replace(cache)
+    return tensors
+
+
 class EmbeddingPairs(torch.utils.data.Dataset):
     """(shape embedding, image embedding of one view) per object; the view is drawn from
     (seed, epoch, index) like every other random choice of the data pipeline."""
@@ -373,8 +389,6 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
     """Train the diffusion prior e_i -> e_s (paper_notes 4) on embeddings of a data set made by
     the towers in ``embed`` (a ``train embed`` output folder). The embeddings are computed once
     and cached in ``out/embeddings.safetensors``. Writes ``out/prior``."""
-    from safetensors.torch import load_file, save_file
-
     from .checkpoint import load_towers
     from .config import DiffusionConfig, prior_preset
     from .diffusion import make_scheduler
@@ -397,16 +411,8 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
     torch.manual_seed(tcfg.seed)
     # the prior learns on the objects the towers learned on, unless told otherwise
     folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
-    cache = out / "embeddings.safetensors"
-    out.mkdir(parents=True, exist_ok=True)
-    if cache.exists():
-        emb = load_file(str(cache))
-    else:
-        emb = embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)
-        if accelerator.is_main_process:
-            tmp = cache.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in emb.items()}, str(tmp))
-            tmp.replace(cache)
+    emb = cached_tensors(out / "embeddings.safetensors", accelerator, lambda: embed_folder(
+        tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress))
     dataset = EmbeddingPairs(emb["e_s"], emb["e_i"], seed=tcfg.seed)
     prior = DiffusionPrior(pcfg, dcfg)
     model = PriorObjective(prior, make_scheduler(dcfg, "ddpm"))
@@ -492,8 +498,6 @@ def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = N
     on the towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``,
     whose config records the VAE, the image tower and the shape tower it belongs to."""
-    from safetensors.torch import load_file, save_file
-
     from .checkpoint import latent_stats, load_towers, load_vae
     from .config import DiffusionConfig, diffusion_preset
     from .diffusion import make_scheduler
@@ -521,18 +525,9 @@ def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = N
         start, tcfg = resume_point(out, "diffusion_training", preset, model_cfg, tcfg)
     torch.manual_seed(tcfg.seed)
     folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
-    cache = out / "latents.safetensors"
-    out.mkdir(parents=True, exist_ok=True)
-    if cache.exists():
-        saved = load_file(str(cache))
-    else:
-        mu = encode_latents(vae_model, folder, int(vae_cfg["train"]["n_points"]), accelerator.device, progress)
-        emb = embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)
-        saved = {"mu": mu, **emb}
-        if accelerator.is_main_process:
-            tmp = cache.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in saved.items()}, str(tmp))
-            tmp.replace(cache)
+    saved = cached_tensors(out / "latents.safetensors", accelerator, lambda: {
+        "mu": encode_latents(vae_model, folder, int(vae_cfg["train"]["n_points"]), accelerator.device, progress),
+        **embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)})
     z = (saved["mu"] - mean[0].cpu()) / std[0].cpu()  # (N, 3, c', r', r'), about unit variance per channel
     dataset = LatentTriples(z, saved["e_i"], saved["e_s"], seed=tcfg.seed)
     unet = TriplaneUNet(ucfg)

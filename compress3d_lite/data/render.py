@@ -172,9 +172,6 @@ def unproject_depth(depth: np.ndarray, cam2world: np.ndarray, K: np.ndarray) -> 
 def render_trimesh(mesh, cam2world: np.ndarray, resolution: int, fov_deg: float = 40.0) -> np.ndarray:
     """Views (V, H, W, 4) uint8 RGBA of a trimesh with vertex colours (e.g. a generated mesh),
     colours interpolated over each face, with the same camera model and shading as the data."""
-    from .surface import ColoredMesh, CornerColors
-
-    rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
-    cmesh = ColoredMesh.from_parts([("mesh", mesh, CornerColors(rgb[mesh.faces]))])
-    images, _ = render_views(cmesh, np.asarray(cam2world).reshape(-1, 4, 4), intrinsics(resolution, fov_deg), resolution)
+    images, _ = render_views(ColoredMesh.from_vertex_colors(mesh), np.asarray(cam2world).reshape(-1, 4, 4),
+                             intrinsics(resolution, fov_deg), resolution)
     return images

@@ -80,6 +80,12 @@ class ColoredMesh:
         mesh = trimesh.Trimesh(np.vstack(vertices), np.vstack(faces), process=False)
         return cls(mesh, [p[2] for p in parts], np.concatenate(face_part), [p[0] for p in parts])
 
+    @classmethod
+    def from_vertex_colors(cls, mesh: trimesh.Trimesh, name: str = "mesh") -> "ColoredMesh":
+        """A trimesh with vertex colours (e.g. a generated one): colours interpolated over faces."""
+        rgb = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.float32) / 255.0
+        return cls.from_parts([(name, mesh, CornerColors(rgb[np.asarray(mesh.faces)]))])
+
     def part_face_start(self) -> np.ndarray:
         """Index of the first face of each part."""
         counts = np.bincount(self.face_part, minlength=len(self.sources))
