@@ -1,12 +1,16 @@
 """One training loop on HF accelerate, with exact resume; the stages plug their step into it.
-Stage 1: the triplane VAE; stage 2: the embeddings; stage 3: the diffusion prior.
+Stage 1: the triplane VAE; stage 2: the embeddings; stage 3: the diffusion prior; stage 4: the
+triplane UNet. Each stage's step function (``ae_step``, ``embed_step``, ``prior_step``,
+``diffusion_step``) is module-level, so the dry run (dryrun.py) runs exactly what ``fit`` runs.
 
     # CPU (the shipped course checkpoint; ~30 min on 2 cores)
     compress3d-lite train ae --preset course --out runs/vae_course
+    # what a preset costs, before paying for it
+    compress3d-lite train ae --preset a100_full --dry-run
     # one GPU
     compress3d-lite train ae --preset colab_t4 --data data/toyshapes --out runs/vae_t4
     # several GPUs / nodes (paper scale)
-    accelerate launch --multi_gpu --num_processes 8 -m compress3d_lite.cli train ae \
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 -m compress3d_lite.cli train ae \
         --preset a100_full --data data/objaverse --out runs/vae_full
 
 What a run leaves in ``--out``:
@@ -20,12 +24,16 @@ What a run leaves in ``--out``:
 Data order is a pure function of (seed, step): step s of epoch e reads a fixed slice of a
 permutation drawn from (seed, e), and each object's point/query subset is drawn from
 (seed, e, index). So a resumed run reads exactly what the uninterrupted run would have read.
+Under several processes each rank reads its share of the global batch (``batch_size`` per
+process), logs are averaged over the ranks, the main process alone writes files, and every
+rank's RNG state goes into the training checkpoint, so a multi-process resume is exact too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -113,16 +121,68 @@ def compute_latent_stats(model, dataset, n: int, device) -> dict:
             "n_objects": len(mus)}
 
 
+RUNTIME_FIELDS = ("grad_checkpoint",)  # model-config fields that change memory/speed, never the maths
+
+
+def model_identity(cfg):
+    """A model config without its runtime-only fields (nested dicts too): what must agree between
+    a checkpoint and the run that resumes it. Configs written before a runtime field existed
+    (e.g. grad_checkpoint) compare equal to today's."""
+    if isinstance(cfg, dict):
+        return {k: model_identity(v) for k, v in cfg.items() if k not in RUNTIME_FIELDS}
+    return cfg
+
+
 def resume_point(out: Path, kind: str, preset: str, model_cfg: dict, tcfg: TrainConfig) -> tuple:
     """(start step, TrainConfig) to continue ``out/checkpoint``; refuses another kind/preset/model."""
     ckpt_dir = out / "checkpoint"
     if not ckpt_dir.exists():
         raise TrainingError(f"{ckpt_dir}: nothing to resume from (run without --resume first)")
     saved = read_config(ckpt_dir)
-    if saved.get("kind") != kind or saved.get("preset") != preset or saved.get("model") != model_cfg:
+    if (saved.get("kind") != kind or saved.get("preset") != preset
+            or model_identity(saved.get("model")) != model_identity(model_cfg)):
         raise TrainingError(f"{ckpt_dir}: was trained as a {saved.get('kind')!r} with preset {saved.get('preset')!r} "
                             "and another model config; resume with the same options or use a new --out")
     return int(saved["step"]), TrainConfig(**{**saved["train"], "steps": tcfg.steps})
+
+
+def make_optimizer(model, tcfg: TrainConfig) -> tuple:
+    """(trainable parameters, AdamW, warm-up/cosine LambdaLR) of a model: what every stage trains with."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    return params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
+
+
+def backward(accelerator, loss, optimizer) -> None:
+    """Fresh gradients of ``loss`` (accelerate: loss scaling under fp16, DDP all-reduce)."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+
+
+def update(accelerator, optimizer, scheduler, params, grad_clip: float) -> None:
+    """Gradient clipping, the AdamW step, the learning-rate schedule."""
+    if grad_clip:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
+def apply_gradients(accelerator, loss, optimizer, scheduler, params, grad_clip: float) -> None:
+    """One optimiser step on ``loss``: ``backward`` then ``update``. ``fit`` and the dry run
+    (compress3d_lite.dryrun) share these."""
+    backward(accelerator, loss, optimizer)
+    update(accelerator, optimizer, scheduler, params, grad_clip)
+
+
+def _mean_over_processes(accelerator, loss, logs: dict) -> tuple:
+    """(loss, logs) averaged over the processes (the numbers of the global batch); as is with one."""
+    if accelerator.num_processes == 1:
+        return loss.item(), {k: float(v) for k, v in logs.items()}
+    names = list(logs)
+    values = torch.stack([loss.detach().float()] + [torch.as_tensor(logs[k], device=loss.device).float()
+                                                     for k in names])
+    values = accelerator.reduce(values, "mean").tolist()
+    return values[0], dict(zip(names, values[1:]))
 
 
 def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, config: dict, start: int = 0,
@@ -138,9 +198,7 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
     on the main process (which writes the stage's release folder)."""
     from tqdm.auto import tqdm
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg))
+    params, optimizer, scheduler = make_optimizer(model, tcfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ckpt_dir = out / "checkpoint"
     if resume:
@@ -153,11 +211,24 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
                                          generator=torch.Generator().manual_seed(tcfg.seed))
 
     def save(step):
+        # every process's RNG state goes into trainer/ (random_states_<rank>.pkl), so that a resumed
+        # multi-process run draws the same noise on every rank: the other ranks stage theirs first
+        # (a shared file system across nodes is assumed; without one those ranks resume with fresh RNG)
+        staging = out / ".rng_staging"
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            accelerator.save_state(str(staging))  # on a non-main rank: its RNG state only
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            def trainer(d):
+                accelerator.save_state(str(d))
+                for f in sorted(staging.glob("random_states_*.pkl")):
+                    shutil.copy(f, d / f.name)
+
             state = accelerator.unwrap_model(model).state_dict()
-            write_checkpoint(ckpt_dir, state, {**config, "step": step},
-                             extra_dirs={"trainer": lambda d: accelerator.save_state(str(d))})
+            write_checkpoint(ckpt_dir, state, {**config, "step": step}, extra_dirs={"trainer": trainer})
+            shutil.rmtree(staging, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     log_file = out / "log.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -171,16 +242,12 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
             raise TrainingError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint "
                                 f"is {ckpt_dir} (step {read_config(ckpt_dir)['step'] if ckpt_dir.exists() else 'none'}); "
                                 "lower the learning rate and --resume")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if tcfg.grad_clip:
-            accelerator.clip_grad_norm_(params, tcfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        apply_gradients(accelerator, loss, optimizer, scheduler, params, tcfg.grad_clip)
         step += 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
-            record = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in logs.items()},
+            mean_loss, mean_logs = _mean_over_processes(accelerator, loss, logs)
+            record = {"step": step, "loss": mean_loss, **mean_logs,
                       "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if accelerator.is_main_process:
@@ -211,6 +278,19 @@ def _data_config(folder, dataset) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- stage 1
+
+
+def ae_step(mcfg):
+    """The VAE's training step ``(model, batch) -> (loss, logs)`` for an AEConfig (paper_notes 2.6,
+    2.8): field losses + KL, plus the render losses when ``mcfg.render_loss``. batch: points,
+    colors (B, N, 3), occ_points (B, M, 3), occ_labels (B, M) (and the views for render losses)."""
+    def step_fn(model, batch):
+        views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
+        o = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"], views=views)
+        acc = ((o.occ_logits.detach() > 0) == (batch["occ_labels"] > 0.5)).float().mean()
+        return o.loss, {"occ_bce": o.occ_loss.detach(), "color_l1": o.color_loss.detach(), "kl": o.kl.detach(),
+                        "occ_acc": acc, **{f"render_{k}": v.detach() for k, v in o.render.items()}}
+    return step_fn
 
 
 def train_ae(preset: str, out, data: str | None = None, resume: bool = False, overrides: dict | None = None,
@@ -245,23 +325,76 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
         print(f"train ae: preset {preset}, {n_params / 1e6:.2f}M params, attention {'on' if mcfg.attn else 'off'}, "
               f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
 
-    def step_fn(model, batch):
-        views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
-        o = model(batch["points"], batch["colors"], batch["occ_points"], batch["occ_labels"], views=views)
-        acc = ((o.occ_logits.detach() > 0) == (batch["occ_labels"] > 0.5)).float().mean()
-        return o.loss, {"occ_bce": o.occ_loss.detach(), "color_l1": o.color_loss.detach(), "kl": o.kl.detach(),
-                        "occ_acc": acc, **{f"render_{k}": v.detach() for k, v in o.render.items()}}
-
     def finalize(net, step, record):
         stats = compute_latent_stats(net, ObjectDataset(folder, n_points=tcfg.n_points), 64, accelerator.device)
         write_checkpoint(out / "model", net.state_dict(), {**config, "step": step, "latent_stats": stats}, half=half)
         print(f"wrote {out / 'model'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
-    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+    return fit(accelerator, model, dataset, ae_step(mcfg), tcfg, out, config, start, resume, finalize, progress,
                stop_after, desc="train ae")
 
 
 # ----------------------------------------------------------------------------------------- stage 2
+
+
+class FrozenTowerAligner(torch.nn.Module):
+    """Stage 2 with a frozen pretrained image tower (OpenShape's recipe): the tower's embeddings of
+    every view are computed once before training (``embed_views``), so the training module holds
+    only the shape tower and the temperature -- no tower weights in memory, in the optimiser or in
+    the training checkpoint, and no tower forward per step.
+
+    forward(e_i (B, D) unit image embeddings, xyz (B, N, 3), rgb (B, N, 3))
+        -> (loss, e_i (B, D), e_s (B, D), logit_scale), like ShapeImageAligner."""
+
+    def __init__(self, shape_tower: torch.nn.Module):
+        from .models.contrastive import ContrastiveLoss
+
+        super().__init__()
+        self.shape_tower, self.loss_fn = shape_tower, ContrastiveLoss()
+
+    def forward(self, e_i, xyz, rgb):
+        e_s = self.shape_tower(xyz, rgb)  # (B, D)
+        return self.loss_fn(e_s, e_i), e_i, e_s.detach(), self.loss_fn.logit_scale.detach()
+
+
+class PointsAndViewEmbedding(torch.utils.data.Dataset):
+    """An object's points/colours (drawn as in ObjectDataset) and the precomputed image embedding
+    of one of its views (drawn from (seed, epoch, index), like the prior's pairs)."""
+
+    def __init__(self, objects, e_i, seed: int = 0):
+        self.objects, self.e_i, self.seed = objects, e_i, seed  # ObjectDataset, (N, V, D)
+
+    def __len__(self):
+        return len(self.objects)
+
+    def __getitem__(self, key):
+        i, v = drawn_view(key, self.seed, self.e_i.shape[1])
+        item = self.objects[key]
+        return {"points": item["points"], "colors": item["colors"], "e_i": self.e_i[i, v]}
+
+
+@torch.no_grad()
+def embed_views(tower, folder, progress: bool = True) -> dict:
+    """{"e_i": (N, V, D)}: the image embedding of every rendered view of every object of a folder."""
+    from tqdm.auto import tqdm
+
+    from .data.dataset import ObjectDataset
+    from .embed import embed_rgba
+
+    ds = ObjectDataset(Path(folder), n_points=1, views=True)
+    out = [embed_rgba(tower, ds[i]["images"]).cpu() for i in tqdm(range(len(ds)), desc="embed views",
+                                                                  disable=not progress)]
+    return {"e_i": torch.stack(out)}
+
+
+def embed_step(model, batch):
+    """The towers' training step: InfoNCE between the shape embeddings of ``points``/``colors``
+    (B, N, 3) and the image embeddings of one view per object -- the RGBA view ``image``
+    (B, 4, H, W) through a tower trained jointly, or the precomputed ``e_i`` (B, D) of a frozen one."""
+    first = batch["e_i"] if "e_i" in batch else batch["image"]
+    loss, e_i, e_s, scale = model(first, batch["points"], batch["colors"])
+    acc = ((e_s @ e_i.t()).argmax(dim=1) == torch.arange(len(e_s), device=e_s.device)).float().mean()
+    return loss, {"batch_top1": acc, "temperature": 1 / scale.exp()}
 
 
 def train_embed(preset: str, out, data: str | None = None, resume: bool = False, image_tower: str | None = None,
@@ -270,9 +403,10 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     """Align a shape tower to an image tower with InfoNCE (paper_notes 3; OpenShape's recipe).
 
     Presets with a pretrained tower (``colab_t4``, ``a100_full``) freeze it and train the shape
-    tower only; ``lite`` and ``course`` train a small open_clip ViT from scratch jointly with the
-    shape tower on toy renders (offline). Writes ``out/shape_tower`` and, for a tower trained
-    here, ``out/image_tower``; each records the identity of the image tower (DESIGN.md 6)."""
+    tower only: the tower embeds every view once (cached in ``out/image_embeddings.safetensors``)
+    and is then dropped. ``lite`` and ``course`` train a small open_clip ViT from scratch jointly
+    with the shape tower on toy renders (offline). Writes ``out/shape_tower`` and, for a tower
+    trained here, ``out/image_tower``; each records the identity of the image tower (DESIGN.md 6)."""
     from .config import IMAGE_TOWERS, embed_preset
     from .data.dataset import ObjectDataset
     from .models.contrastive import ShapeImageAligner
@@ -296,37 +430,42 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     accelerator = _accelerator(tcfg)
     torch.manual_seed(tcfg.seed)
     tower = ImageTower.pretrained(tower_cfg) if tower_cfg.pretrained else ImageTower(tower_cfg)
+    identity, n_img = tower.identity(), sum(p.numel() for p in tower.parameters())
     folder = prepare_data(data, out, tcfg, accelerator, views=8, resolution=max(64, tower_cfg.image_size))
-    dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=0, seed=tcfg.seed, views="one")
-    model = ShapeImageAligner(tower, ShapeTower(shape_cfg), frozen)
+    if frozen:  # embed every view once with the fixed tower, then train without it
+        objects = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=0, seed=tcfg.seed)
+        emb = cached_tensors(out / "image_embeddings.safetensors", accelerator,
+                             lambda: embed_views(tower.to(accelerator.device).eval(), folder, progress))
+        tower = None  # free its memory: training never needs it again
+        dataset = PointsAndViewEmbedding(objects, emb["e_i"], seed=tcfg.seed)
+        model = FrozenTowerAligner(ShapeTower(shape_cfg))
+    else:
+        objects = dataset = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=0, seed=tcfg.seed, views="one")
+        model = ShapeImageAligner(tower, ShapeTower(shape_cfg), frozen)
     config = {"kind": "embed_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
-              "data": _data_config(folder, dataset)}
+              "data": _data_config(folder, objects)}
     if accelerator.is_main_process:
-        n_img = sum(p.numel() for p in tower.parameters())
         n_shape = sum(p.numel() for p in model.shape_tower.parameters())
-        print(f"train embed: preset {preset}, image tower {tower_cfg.name} ({n_img / 1e6:.2f}M params, "
-              f"{'frozen' if frozen else 'trained from scratch'}), shape tower {n_shape / 1e6:.2f}M params, "
-              f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
-
-    def step_fn(model, batch):
-        loss, e_i, e_s, scale = model(batch["image"], batch["points"], batch["colors"])
-        acc = ((e_s @ e_i.t()).argmax(dim=1) == torch.arange(len(e_s), device=e_s.device)).float().mean()
-        return loss, {"batch_top1": acc, "temperature": 1 / scale.exp()}
+        how = (f"frozen, embeddings of all {emb['e_i'].shape[1]} views precomputed" if frozen
+               else "trained from scratch")
+        print(f"train embed: preset {preset}, image tower {tower_cfg.name} ({n_img / 1e6:.2f}M params, {how}), "
+              f"shape tower {n_shape / 1e6:.2f}M params, {len(dataset)} objects, steps {start} -> {tcfg.steps}, "
+              f"device {accelerator.device}")
 
     def finalize(net, step, record):
-        identity = net.image_tower.identity()
         common = {"preset": preset, "train": tcfg.to_dict(), "data": config["data"], "step": step}
         if not frozen:
             write_checkpoint(out / "image_tower", net.image_tower.state_dict(),
-                             {"kind": "image_tower", "model": tower_cfg.to_dict(), "identity": identity, **common},
-                             half=half)
+                             {"kind": "image_tower", "model": tower_cfg.to_dict(),
+                              "identity": net.image_tower.identity(), **common}, half=half)
         write_checkpoint(out / "shape_tower", net.shape_tower.state_dict(),
-                         {"kind": "shape_tower", "model": shape_cfg.to_dict(), "image_tower": identity,
+                         {"kind": "shape_tower", "model": shape_cfg.to_dict(),
+                          "image_tower": identity if frozen else net.image_tower.identity(),
                           "temperature": net.loss_fn.temperature, **common}, half=half)
         print(f"wrote {out / 'shape_tower'}{'' if frozen else ' and ' + str(out / 'image_tower')} (step {step}, "
               f"final loss {record.get('loss', float('nan')):.4f})")
 
-    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+    return fit(accelerator, model, dataset, embed_step, tcfg, out, config, start, resume, finalize, progress,
                stop_after, desc="train embed")
 
 
@@ -370,6 +509,11 @@ class EmbeddingPairs(torch.utils.data.Dataset):
     def __getitem__(self, key):
         i, v = drawn_view(key, self.seed, self.e_i.shape[1])
         return {"e_s": self.e_s[i], "e_i": self.e_i[i, v]}
+
+
+def prior_step(model, batch):
+    """The prior's training step: batch e_s (B, D), e_i (B, D) unit vectors -> (loss, {})."""
+    return model(batch["e_s"], batch["e_i"]), {}
 
 
 class PriorObjective(torch.nn.Module):
@@ -426,9 +570,6 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
               f"{len(dataset)} objects x {emb['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
               f"device {accelerator.device}")
 
-    def step_fn(model, batch):
-        return model(batch["e_s"], batch["e_i"]), {}
-
     def finalize(net, step, record):
         write_checkpoint(out / "prior", net.prior.state_dict(),
                          {"kind": "diffusion_prior", "preset": preset, "model": pcfg.to_dict(),
@@ -437,7 +578,7 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
                           "data": config["data"], "step": step}, half=half)
         print(f"wrote {out / 'prior'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
-    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+    return fit(accelerator, model, dataset, prior_step, tcfg, out, config, start, resume, finalize, progress,
                stop_after, desc="train prior")
 
 
@@ -475,6 +616,11 @@ class DiffusionObjective(torch.nn.Module):
         return diffusion_loss(lambda x, t: self.unet(x, t, e_i, e_s, drop_i, drop_s), z, self.scheduler, "l2")
 
 
+def diffusion_step(model, batch):
+    """The UNet's training step: batch z (B, 3, c', r', r'), e_i (B, D), e_s (B, D) -> (loss, {})."""
+    return model(batch["z"], batch["e_i"], batch["e_s"]), {}
+
+
 @torch.no_grad()
 def encode_latents(vae, folder, n_points: int, device, progress: bool = True) -> torch.Tensor:
     """Posterior means (N, 3, c', r', r') of every object of a data folder (epoch 0's point draw)."""
@@ -493,7 +639,7 @@ def encode_latents(vae, folder, n_points: int, device, progress: bool = True) ->
 
 def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
                     train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-                    stop_after: int | None = None) -> dict:
+                    stop_after: int | None = None, overrides: dict | None = None) -> dict:
     """Train the triplane UNet (paper_notes 5) on normalised VAE latents of a data set, conditioned
     on the towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``,
@@ -507,6 +653,8 @@ def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = N
 
     out = Path(out)
     ucfg, tcfg = diffusion_preset(preset)
+    for k, v in (overrides or {}).items():  # UNetConfig fields, e.g. grad_checkpoint
+        setattr(ucfg, k, v)
     for k, v in (train_overrides or {}).items():
         setattr(tcfg, k, v)
     accelerator = _accelerator(tcfg)
@@ -543,9 +691,6 @@ def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = N
               f"{len(dataset)} objects x {saved['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
               f"device {accelerator.device}")
 
-    def step_fn(model, batch):
-        return model(batch["z"], batch["e_i"], batch["e_s"]), {}
-
     def finalize(net, step, record):
         write_checkpoint(out / "unet", net.unet.state_dict(),
                          {"kind": "triplane_unet", "preset": preset, "model": ucfg.to_dict(), "diffusion": dcfg.to_dict(),
@@ -553,5 +698,5 @@ def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = N
                           "data": config["data"], "step": step}, half=half)
         print(f"wrote {out / 'unet'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
-    return fit(accelerator, model, dataset, step_fn, tcfg, out, config, start, resume, finalize, progress,
+    return fit(accelerator, model, dataset, diffusion_step, tcfg, out, config, start, resume, finalize, progress,
                stop_after, desc="train diffusion")

@@ -9,6 +9,9 @@
 The three planes share the plane CNN weights (a learned per-plane embedding tells them apart).
 Loss (field supervision, DESIGN.md 3): BCE on occupancy queries + L1 on surface colours +
 kl_weight * KL(q(z) || N(0, 1)) with kl_weight = 1e-6 as in the paper.
+
+``cfg.grad_checkpoint`` recomputes the plane ResBlocks and the 3D-aware cross-attention in the
+backward pass instead of storing their activations (training only; same outputs and gradients).
 """
 
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention3d import AwareCrossAttention3D
 from .blocks import Downsample, ResBlock, Upsample, norm
@@ -35,11 +39,24 @@ class VAEOutput:
     render: dict  # rgb / mask / depth render losses (empty unless cfg.render_loss)
 
 
+def run_blocks(layers, x, grad_checkpoint: bool):
+    """``layers`` in turn on x; with ``grad_checkpoint`` (and only while training with autograd on)
+    each ResBlock runs under torch.utils.checkpoint: its activations are recomputed in the
+    backward pass instead of stored. Same outputs and gradients."""
+    for layer in layers:
+        if grad_checkpoint and isinstance(layer, ResBlock) and layer.training and torch.is_grad_enabled():
+            x = checkpoint(layer, x, use_reentrant=False)
+        else:
+            x = layer(x)
+    return x
+
+
 class PlaneEncoder(nn.Module):
     """(B*3, C_in, r, r) -> (B*3, C_last, r', r'): ResBlocks, halving the resolution between levels."""
 
-    def __init__(self, c_in, channels, blocks_per_level):
+    def __init__(self, c_in, channels, blocks_per_level, grad_checkpoint: bool = False):
         super().__init__()
+        self.grad_checkpoint = grad_checkpoint
         layers, c = [nn.Conv2d(c_in, channels[0], 3, padding=1)], channels[0]
         for level, c_out in enumerate(channels):
             for _ in range(blocks_per_level):
@@ -50,14 +67,15 @@ class PlaneEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.net(x)
+        return run_blocks(self.net, x, self.grad_checkpoint)
 
 
 class PlaneDecoder(nn.Module):
     """(B*3, c', r', r') -> (B*3, C_out, r, r): ResBlocks, doubling the resolution between levels."""
 
-    def __init__(self, c_in, channels, blocks_per_level, c_out):
+    def __init__(self, c_in, channels, blocks_per_level, c_out, grad_checkpoint: bool = False):
         super().__init__()
+        self.grad_checkpoint = grad_checkpoint
         layers, c = [nn.Conv2d(c_in, channels[0], 3, padding=1)], channels[0]
         for level, c_next in enumerate(channels):
             for _ in range(blocks_per_level):
@@ -69,7 +87,7 @@ class PlaneDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.net(x)
+        return run_blocks(self.net, x, self.grad_checkpoint)
 
 
 class FieldHeads(nn.Module):
@@ -89,21 +107,25 @@ class FieldHeads(nn.Module):
 
 
 class TriplaneVAE(nn.Module):
+    checkpointed = (ResBlock, AwareCrossAttention3D)  # what cfg.grad_checkpoint recomputes in backward
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
+        ckpt = getattr(cfg, "grad_checkpoint", False)
         n_levels = len(cfg.enc_channels)
         assert cfg.volume_res // 2 ** (n_levels - 1) == cfg.latent_res, \
             f"{n_levels} encoder levels take r={cfg.volume_res} to {cfg.volume_res // 2 ** (n_levels - 1)}, not r'={cfg.latent_res}"
         self.pointnet = LocalPoolPointNet(cfg.point_dim, cfg.pointnet_blocks, cfg.pe_freqs, cfg.pool_res)
         self.to_planes = VolumeToPlanes(cfg.point_dim, cfg.plane_channels, cfg.volume_res)
         self.plane_embed = nn.Parameter(torch.zeros(3, cfg.plane_channels, 1, 1))
-        self.encoder = PlaneEncoder(cfg.plane_channels, cfg.enc_channels, cfg.blocks_per_level)
+        self.encoder = PlaneEncoder(cfg.plane_channels, cfg.enc_channels, cfg.blocks_per_level, ckpt)
         c_enc = cfg.enc_channels[-1]
         self.attn = AwareCrossAttention3D(c_enc, cfg.point_dim, cfg.volume_res, cfg.latent_res,
                                           cfg.attn_res, cfg.attn_heads) if cfg.attn else None
         self.to_moments = nn.Sequential(norm(c_enc), nn.SiLU(), nn.Conv2d(c_enc, 2 * cfg.latent_channels, 1))
-        self.decoder = PlaneDecoder(cfg.latent_channels, cfg.dec_channels, cfg.blocks_per_level, cfg.plane_channels)
+        self.decoder = PlaneDecoder(cfg.latent_channels, cfg.dec_channels, cfg.blocks_per_level, cfg.plane_channels,
+                                    ckpt)
         self.heads = FieldHeads(3 * cfg.plane_channels, cfg.head_hidden)
 
     # -- encoder ----------------------------------------------------------------------------
@@ -120,7 +142,9 @@ class TriplaneVAE(nn.Module):
         planes = self.to_planes(vol) + self.plane_embed  # (B, 3, C_p, r, r)
         h = self.encoder(planes.flatten(0, 1))  # (B*3, C_e, r', r')
         h = h.unflatten(0, (B, 3))  # (B, 3, C_e, r', r')
-        if self.attn is not None:
+        if self.attn is not None and self.encoder.grad_checkpoint and self.training and torch.is_grad_enabled():
+            h = checkpoint(self.attn, h, vol, use_reentrant=False)  # T^e = A + T^l, recomputed in backward
+        elif self.attn is not None:
             h = self.attn(h, vol)  # T^e = A + T^l
         moments = self.to_moments(h.flatten(0, 1)).unflatten(0, (B, 3))  # (B, 3, 2c', r', r')
         mu, logvar = moments.chunk(2, dim=2)
