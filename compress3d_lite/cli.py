@@ -3,17 +3,21 @@
     compress3d-lite demo [--out DIR]                    make and view a toy sample (the main job, for now)
     compress3d-lite data toyshapes --n N --out DIR [--views V] [--seed S] [--res R] [--workers K] [--png]
     compress3d-lite data import PATH... --out DIR [--views V] [--seed S] [--res R]
+    compress3d-lite data objaverse (--uids FILE | --n N) --out DIR [--source DIR] [--workers K] [--filter CLS_DIR]
+    compress3d-lite data quality-filter train --data DIR --labels CSV --out CLS_DIR
     compress3d-lite data view OBJECT.npz [-o OUT.html]
     compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
     compress3d-lite train ae --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
     compress3d-lite train embed --preset {lite,course,colab_t4,a100_full} [--data DIR] --out DIR [--resume]
     compress3d-lite train prior --preset {lite,course,colab_t4,a100_full} --embed DIR --out DIR [--resume]
     compress3d-lite train diffusion --preset P --vae DIR --embed DIR --out DIR [--resume]
+    compress3d-lite train {ae,embed,prior,diffusion} --preset P --dry-run [--json FILE]
     compress3d-lite generate IMAGE... -o OUT_DIR [--format glb|ply|obj] [--steps N] [--seed S] [--no-prior] [--res R]
     compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
     compress3d-lite evaluate ae [--ckpt CKPT] [--split test] [--json OUT] [--n N] [--res R] [--preset P]
     compress3d-lite evaluate embed [--embed DIR] [--split test] [--json OUT] [--n N]
     compress3d-lite evaluate generate [--pipeline DIR] [--split test] [--json OUT] [--n N]
+    compress3d-lite evaluate paper [--pipeline P] [--n N] [--ablations prior,guidance,attention,attn_res|all] --out DIR
     compress3d-lite evaluate prior [--prior DIR] [--embed DIR] [--split test] [--json OUT] [--n N] [--guidance G]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
@@ -93,6 +97,43 @@ def cmd_import(args):
     return 0
 
 
+def cmd_objaverse(args):
+    """Objaverse (or --source DIR) -> OUT/objects/<uid>.npz + index.json + manifest.json, resumable."""
+    from .data.objaverse import ObjaverseError, prepare
+
+    spec = _spec_from_args(args)
+    if args.workers < 1 or args.timeout < 0:
+        raise CLIError("--workers must be >= 1 and --timeout >= 0")
+    try:
+        m = prepare(args.out, spec, source=args.source, uids_file=args.uids, n=args.n, shuffle=args.shuffle,
+                    seed=args.seed, workers=args.workers, timeout=args.timeout, filter_dir=args.filter,
+                    threshold=args.threshold)
+    except ObjaverseError as e:
+        raise CLIError(str(e)) from None
+    c = m["counts"]
+    print(f"objaverse: {c['requested']} requested: {c['done_now']} done now, {c['skipped_done']} skipped (done), "
+          f"{c['failed']} failed, {c['filtered']} filtered; {c['total_ok']} objects in "
+          f"{Path(args.out) / 'index.json' if c['total_ok'] else 'no index.json'} ({m['seconds']:.1f} s)")
+    for f in m["failures"][:20]:
+        print(f"  error: {f['reason']}", file=sys.stderr)
+    if len(m["failures"]) > 20:
+        print(f"  ... {len(m['failures']) - 20} more in {Path(args.out) / 'manifest.json'}", file=sys.stderr)
+    return EXIT_BAD_INPUT if c["failed"] else 0
+
+
+def cmd_quality_train(args):
+    from .data.quality import QualityError, train_filter
+
+    try:
+        r = train_filter(args.data, args.labels, args.out, embed_dir=args.embed, seed=args.seed)
+    except QualityError as e:
+        raise CLIError(str(e)) from None
+    print(f"quality filter: {r['n_train']} train / {r['n_val']} held-out objects ({r['n_good']} good, "
+          f"{r['n_missing']} labels without an object); accuracy train {r['train_accuracy']:.2f}, "
+          f"held-out {r['val_accuracy']:.2f} (majority class {r['val_majority_baseline']:.2f}); wrote {args.out}")
+    return 0
+
+
 def cmd_view(args):
     from . import viz
     from .data.io import load_object
@@ -124,6 +165,32 @@ def cmd_sample_meshes(args):
     return 0
 
 
+def _require(args, *names):
+    """--out, --vae, ... are required unless --dry-run (argparse cannot say 'unless')."""
+    missing = [f"--{n}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise CLIError(f"{', '.join(missing)} required (or --dry-run to size the run without training)")
+
+
+def _dry_run(stage, args, **overrides):
+    """``train STAGE --preset P --dry-run [--json FILE]``: compress3d_lite.dryrun."""
+    from .config import AE_PRESETS
+    from .dryrun import dry_run, format_dry_run, write_json
+
+    if args.preset not in AE_PRESETS:
+        raise CLIError(f"unknown preset {args.preset!r}; choose from {', '.join(AE_PRESETS)}")
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    try:
+        report = dry_run(stage, args.preset, overrides=overrides)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(format_dry_run(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
+    return 0
+
+
 def cmd_train(args):
     from .train import train_ae
 
@@ -134,6 +201,11 @@ def cmd_train(args):
         overrides["attn_res"] = args.attn_res
     if args.render_loss:
         overrides["render_loss"] = True
+    if args.grad_checkpoint:
+        overrides["grad_checkpoint"] = True
+    if args.dry_run:
+        return _dry_run("ae", args, **overrides)
+    _require(args, "out")
     train_overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                          ("seed", args.seed), ("n_train", args.n_train),
                                          ("num_workers", args.num_workers)) if v is not None}
@@ -150,6 +222,9 @@ def _train_overrides(args) -> dict:
 def cmd_train_embed(args):
     from .train import train_embed
 
+    if args.dry_run:
+        return _dry_run("embed", args, **({"image_tower": args.image_tower} if args.image_tower else {}))
+    _require(args, "out")
     train_embed(args.preset, args.out, data=args.data, resume=args.resume, image_tower=args.image_tower,
                 train_overrides=_train_overrides(args), half=args.half)
     return 0
@@ -158,6 +233,9 @@ def cmd_train_embed(args):
 def cmd_train_prior(args):
     from .train import train_prior
 
+    if args.dry_run:
+        return _dry_run("prior", args)
+    _require(args, "out", "embed")
     train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume,
                 train_overrides=_train_overrides(args), half=args.half)
     return 0
@@ -166,8 +244,12 @@ def cmd_train_prior(args):
 def cmd_train_diffusion(args):
     from .train import train_diffusion
 
+    overrides = {"grad_checkpoint": True} if args.grad_checkpoint else {}
+    if args.dry_run:
+        return _dry_run("diffusion", args, **overrides)
+    _require(args, "out", "vae", "embed")
     train_diffusion(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume,
-                    train_overrides=_train_overrides(args), half=args.half)
+                    overrides=overrides, train_overrides=_train_overrides(args), half=args.half)
     return 0
 
 
@@ -328,8 +410,41 @@ def cmd_evaluate_generate(args):
     return 0
 
 
+def cmd_evaluate_paper(args):
+    from .data.io import atomic_write_bytes
+    from .evaluate import write_report
+    from .evaluate_paper import ABLATIONS, Protocol, evaluate_paper, format_markdown
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder")
+    names = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    ablations = ABLATIONS if names == ["all"] else () if names == ["none"] else tuple(names)
+    protocol = Protocol(split=args.split, n=args.n, views=args.views, view_res=args.view_res, mesh_res=args.mesh_res,
+                        steps=args.steps, seed=args.seed)
+    try:
+        report = evaluate_paper(args.pipeline, protocol, ablations, features=args.fid_features,
+                                guidance_grid=args.guidance_grid, vae_with=args.vae_with, vae_without=args.vae_without,
+                                attn_res=args.attn_res, attn_res_vaes=args.attn_res_vaes, device=args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    md = format_markdown(report)
+    print(md)
+    write_report(report, out / "paper_eval.json")
+    atomic_write_bytes(out / "paper_eval.md", md.encode())
+    print(f"wrote {out / 'paper_eval.json'} and {out / 'paper_eval.md'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # parser
+
+
+def _add_dry_run_args(q):
+    q.add_argument("--dry-run", action="store_true",
+                   help="build the model at the preset, print parameters, memory per GPU, FLOPs and estimated "
+                        "time per step, run one optimiser step on random data; train nothing, download nothing")
+    q.add_argument("--json", default=None, help="with --dry-run: write all the numbers to this JSON file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     ae = tr.add_parser("ae", help="the triplane VAE (stage 1)")
     ae.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
     ae.add_argument("--data", default=None, help="dataset folder (default: generate the toy set into OUT/data)")
-    ae.add_argument("--out", required=True, help="run folder: checkpoint/, model/, log.jsonl")
+    ae.add_argument("--out", default=None, help="run folder: checkpoint/, model/, log.jsonl (required unless --dry-run)")
     ae.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     ae.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     ae.add_argument("--batch-size", type=int, default=None)
@@ -358,16 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--render-loss", action="store_true",
                     help="add the paper's rgb/mask/depth render losses (x10, x10, x0.1) of the field")
     ae.add_argument("--half", action="store_true", help="store the final model/ weights in fp16")
+    ae.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and the 3D-aware attention in the backward pass (less memory)")
+    _add_dry_run_args(ae)
     ae.set_defaults(func=cmd_train)
 
     def common_train(q, what):
         q.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
-        q.add_argument("--out", required=True, help=f"run folder: checkpoint/, {what}, log.jsonl")
+        q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
         q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
         q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
         q.add_argument("--batch-size", type=int, default=None)
         q.add_argument("--seed", type=int, default=None)
         q.add_argument("--half", action="store_true", help="store the final weights in fp16")
+        _add_dry_run_args(q)
 
     em = tr.add_parser("embed", help="image and shape towers, contrastive alignment (stage 2)")
     common_train(em, "image_tower/, shape_tower/")
@@ -379,15 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = tr.add_parser("prior", help="the diffusion prior, image embedding -> shape embedding (stage 3)")
     common_train(pr, "prior/, embeddings.safetensors")
-    pr.add_argument("--embed", required=True, help="the output folder of train embed (its towers)")
+    pr.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
     pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
     pr.set_defaults(func=cmd_train_prior)
 
     df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
     common_train(df, "unet/, latents.safetensors")
-    df.add_argument("--vae", required=True, help="the VAE model folder (its latent space and latent stats)")
-    df.add_argument("--embed", required=True, help="the output folder of train embed (its towers)")
+    df.add_argument("--vae", default=None, help="the VAE model folder (its latent space and latent stats; "
+                    "required unless --dry-run)")
+    df.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
     df.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    df.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and cross-attention in the backward pass (~3x less activation "
+                         "memory, ~1/3 more compute)")
     df.set_defaults(func=cmd_train_diffusion)
 
     g = sub.add_parser("generate", help="image(s) in, one coloured mesh each out (the main job)")
@@ -463,6 +586,30 @@ def build_parser() -> argparse.ArgumentParser:
     evg.add_argument("--json", default=None, help="write the full report here")
     evg.set_defaults(func=cmd_evaluate_generate)
 
+    evr = ev.add_parser("paper", help="the paper's protocol: FID, CLIP similarity, IoU/CD/F, ablations; "
+                                      "JSON + markdown tables beside the paper's numbers")
+    evr.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
+    evr.add_argument("--out", default="outputs/paper_eval", help="folder for paper_eval.json/.md (default %(default)s)")
+    evr.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evr.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evr.add_argument("--views", type=int, default=4, help="rendered views per asset (default %(default)s)")
+    evr.add_argument("--view-res", type=int, default=128, help="render resolution (default %(default)s)")
+    evr.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evr.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evr.add_argument("--seed", type=int, default=0)
+    evr.add_argument("--ablations", default="prior",
+                     help="comma list of prior, guidance, attention, attn_res; or all / none (default %(default)s)")
+    evr.add_argument("--guidance-grid", default="1,2,5x1,2", help="image scales x shape scales (default %(default)s)")
+    evr.add_argument("--fid-features", default="auto", choices=["auto", "inception", "tower"],
+                     help="Inception-v3 when its weights are here (auto), else the pipeline's open_clip tower")
+    evr.add_argument("--vae-with", default=None, help="attention ablation: VAE with attention (default: the pipeline's)")
+    evr.add_argument("--vae-without", default=None,
+                     help="attention ablation: VAE without (default: shipped vae_course_noattn)")
+    evr.add_argument("--attn-res", type=int, nargs="+", default=None, help="r'' values to time (default: all valid)")
+    evr.add_argument("--attn-res-vaes", nargs="+", default=None, help="VAE checkpoints trained at other r''")
+    evr.add_argument("--device", default=None)
+    evr.set_defaults(func=cmd_evaluate_paper)
+
     data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
 
     t = data.add_parser("toyshapes", help="generate procedural coloured objects")
@@ -479,6 +626,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="output folder")
     _add_sampling_args(i)
     i.set_defaults(func=cmd_import)
+
+    o = data.add_parser("objaverse", help="Objaverse (or a local folder of meshes) -> a resumable dataset folder",
+                        description="Import Objaverse objects (the objaverse package) or the mesh files of "
+                        "--source DIR into OUT/objects/<uid>.npz, OUT/index.json and OUT/manifest.json. "
+                        "Resumable: finished objects are skipped. Exit code 0 when every object succeeded, "
+                        "2 when any failed (the others are still written; see OUT/manifest.json).")
+    which = o.add_mutually_exclusive_group(required=True)
+    which.add_argument("--uids", help="file with one uid per line (# comments)")
+    which.add_argument("--n", type=int, help="the first N uids (sorted; --shuffle: seeded random order)")
+    o.add_argument("--out", required=True, help="output folder")
+    o.add_argument("--source", default=None,
+                   help="offline: a folder of GLB/glTF/OBJ/PLY files (uid = relative path without suffix, / -> __)")
+    o.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    o.add_argument("--shuffle", action="store_true", help="with --n: a random (seeded) choice, not the first sorted")
+    o.add_argument("--timeout", type=float, default=300, help="seconds per object, 0: none (default %(default)s)")
+    o.add_argument("--filter", default=None, help="a quality-filter folder: low scorers stay out of index.json")
+    o.add_argument("--threshold", type=float, default=None, help="filter threshold (default: the classifier's, 0.5)")
+    _add_sampling_args(o)
+    o.set_defaults(func=cmd_objaverse)
+
+    q = data.add_parser("quality-filter", help="an MLP that scores objects good/bad").add_subparsers(
+        dest="quality_command", required=True)
+    qt = q.add_parser("train", help="train it on labelled objects of a dataset folder")
+    qt.add_argument("--data", required=True, help="dataset folder holding the labelled objects")
+    qt.add_argument("--labels", required=True, help="CSV of uid,label (good/bad or 1/0)")
+    qt.add_argument("--out", required=True, help="output folder: model.safetensors + config.json")
+    qt.add_argument("--embed", default=None, help="towers whose shape embeddings are the features (default: shipped)")
+    qt.add_argument("--seed", type=int, default=0)
+    qt.set_defaults(func=cmd_quality_train)
 
     v = data.add_parser("view", help="write an HTML viewer of one object .npz")
     v.add_argument("object", help="an object .npz")

@@ -68,9 +68,9 @@ class TowerFeatures(nn.Module):
 
 def inception_available() -> bool:
     """torch-fidelity installed and its Inception-v3 FID weights in the torch hub cache."""
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("torch_fidelity") is None:
         return False
     return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).exists()
 
