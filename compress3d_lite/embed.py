@@ -51,7 +51,7 @@ def embed_points(shape_tower, points, colors) -> torch.Tensor:
 def embed_folder(tower, shape_tower, folder, n_points: int, progress: bool = True) -> dict:
     """Every object of a data folder (with rendered views): {"e_s": (N, D), "e_i": (N, V, D),
     "category": (N,)} -- the shape embedding of an ``n_points`` subset (epoch 0's draw) and the
-    image embedding of every view."""
+    image embedding of every view. ``shape_tower=None``: the image embeddings only (no "e_s")."""
     from tqdm.auto import tqdm
 
     from .data.dataset import ObjectDataset
@@ -60,10 +60,12 @@ def embed_folder(tower, shape_tower, folder, n_points: int, progress: bool = Tru
     e_s, e_i, cat = [], [], []
     for i in tqdm(range(len(ds)), desc="embed", disable=not progress):
         item = ds[i]
-        e_s.append(embed_points(shape_tower, item["points"], item["colors"]))
-        e_i.append(embed_rgba(tower, item["images"])[None])
+        if shape_tower is not None:
+            e_s.append(embed_points(shape_tower, item["points"], item["colors"]).cpu())
+        e_i.append(embed_rgba(tower, item["images"])[None].cpu())
         cat.append(item["category"])
-    return {"e_s": torch.cat(e_s).cpu(), "e_i": torch.cat(e_i).cpu(), "category": torch.stack(cat).cpu()}
+    out = {"e_i": torch.cat(e_i), "category": torch.stack(cat)}
+    return {"e_s": torch.cat(e_s), **out} if e_s else out
 
 
 @torch.no_grad()

@@ -208,25 +208,25 @@ def evaluate_variant(pipe, objects, scorer, p, progress=True, **kw) -> dict:
 
 def train_seconds_per_step(cfg, batch_size: int = 8, n_points: int = 2048, n_occ: int = 4096, steps: int = 3,
                            seed: int = 0) -> float:
-    """Wall seconds of one VAE training step (forward, backward, AdamW) on toy objects, this machine."""
-    from .config import SampleSpec
+    """Wall seconds of one VAE training step on toy objects, this machine: the step ``fit`` runs
+    (``train.ae_step``, backward, AdamW; the median of ``steps`` after a warm-up)."""
+    from .config import SampleSpec, TrainConfig
     from .data.toyshapes import make_toy_object, toy_example
     from .models import TriplaneVAE
+    from .train import ae_step, make_optimizer
 
     torch.manual_seed(seed)
     model = TriplaneVAE(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    _, opt, _ = make_optimizer(model, TrainConfig())
+    step_fn = ae_step(cfg)
     spec = SampleSpec(n_points=n_points, n_uniform=n_occ // 2, n_near=n_occ - n_occ // 2, views=0)
     ex = [toy_example(make_toy_object(seed, i), spec, np.random.default_rng(i)) for i in range(batch_size)]
-
-    def stack(key):
-        return torch.from_numpy(np.stack([e[key] for e in ex]).astype(np.float32))
-
-    batch = (stack("points"), stack("colors"), stack("occ_points"), stack("occ_labels"))
+    batch = {k: torch.from_numpy(np.stack([e[k] for e in ex]).astype(np.float32))
+             for k in ("points", "colors", "occ_points", "occ_labels")}
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
         t = time.perf_counter()
-        loss = model(*batch).loss
+        loss, _ = step_fn(model, batch)
         opt.zero_grad()
         loss.backward()
         opt.step()

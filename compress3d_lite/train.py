@@ -160,18 +160,12 @@ def backward(accelerator, loss, optimizer) -> None:
 
 
 def update(accelerator, optimizer, scheduler, params, grad_clip: float) -> None:
-    """Gradient clipping, the AdamW step, the learning-rate schedule."""
+    """Gradient clipping, the AdamW step, the learning-rate schedule. ``fit`` and the dry run
+    (compress3d_lite.dryrun) share ``backward`` and ``update``."""
     if grad_clip:
         accelerator.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     scheduler.step()
-
-
-def apply_gradients(accelerator, loss, optimizer, scheduler, params, grad_clip: float) -> None:
-    """One optimiser step on ``loss``: ``backward`` then ``update``. ``fit`` and the dry run
-    (compress3d_lite.dryrun) share these."""
-    backward(accelerator, loss, optimizer)
-    update(accelerator, optimizer, scheduler, params, grad_clip)
 
 
 def _mean_over_processes(accelerator, loss, logs: dict) -> tuple:
@@ -242,7 +236,8 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
             raise TrainingError(f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint "
                                 f"is {ckpt_dir} (step {read_config(ckpt_dir)['step'] if ckpt_dir.exists() else 'none'}); "
                                 "lower the learning rate and --resume")
-        apply_gradients(accelerator, loss, optimizer, scheduler, params, tcfg.grad_clip)
+        backward(accelerator, loss, optimizer)
+        update(accelerator, optimizer, scheduler, params, tcfg.grad_clip)
         step += 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
@@ -339,7 +334,7 @@ def train_ae(preset: str, out, data: str | None = None, resume: bool = False, ov
 
 class FrozenTowerAligner(torch.nn.Module):
     """Stage 2 with a frozen pretrained image tower (OpenShape's recipe): the tower's embeddings of
-    every view are computed once before training (``embed_views``), so the training module holds
+    every view are computed once before training (``embed.embed_folder``), so the training module holds
     only the shape tower and the temperature -- no tower weights in memory, in the optimiser or in
     the training checkpoint, and no tower forward per step.
 
@@ -373,20 +368,6 @@ class PointsAndViewEmbedding(torch.utils.data.Dataset):
         return {"points": item["points"], "colors": item["colors"], "e_i": self.e_i[i, v]}
 
 
-@torch.no_grad()
-def embed_views(tower, folder, progress: bool = True) -> dict:
-    """{"e_i": (N, V, D)}: the image embedding of every rendered view of every object of a folder."""
-    from tqdm.auto import tqdm
-
-    from .data.dataset import ObjectDataset
-    from .embed import embed_rgba
-
-    ds = ObjectDataset(Path(folder), n_points=1, views=True)
-    out = [embed_rgba(tower, ds[i]["images"]).cpu() for i in tqdm(range(len(ds)), desc="embed views",
-                                                                  disable=not progress)]
-    return {"e_i": torch.stack(out)}
-
-
 def embed_step(model, batch):
     """The towers' training step: InfoNCE between the shape embeddings of ``points``/``colors``
     (B, N, 3) and the image embeddings of one view per object -- the RGBA view ``image``
@@ -408,6 +389,7 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     with the shape tower on toy renders (offline). Writes ``out/shape_tower`` and, for a tower
     trained here, ``out/image_tower``; each records the identity of the image tower (DESIGN.md 6)."""
     from .config import IMAGE_TOWERS, embed_preset
+    from .embed import embed_folder
     from .data.dataset import ObjectDataset
     from .models.contrastive import ShapeImageAligner
     from .models.image_tower import ImageTower
@@ -435,7 +417,8 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     if frozen:  # embed every view once with the fixed tower, then train without it
         objects = ObjectDataset(folder, n_points=tcfg.n_points, n_occ=0, seed=tcfg.seed)
         emb = cached_tensors(out / "image_embeddings.safetensors", accelerator,
-                             lambda: embed_views(tower.to(accelerator.device).eval(), folder, progress))
+                             lambda: {"e_i": embed_folder(tower.to(accelerator.device).eval(), None, folder, 1,
+                                                           progress)["e_i"]})
         tower = None  # free its memory: training never needs it again
         dataset = PointsAndViewEmbedding(objects, emb["e_i"], seed=tcfg.seed)
         model = FrozenTowerAligner(ShapeTower(shape_cfg))
