@@ -1,4 +1,4 @@
-"""Evaluate the stage-2 towers and the stage-3 prior on held-out toy objects (issue 4, item 5).
+"""Evaluate the stage-2 towers and the stage-3 prior on held-out toy objects.
 
     compress3d-lite evaluate embed --split test --json embed.json
     compress3d-lite evaluate prior --split test --json prior.json
@@ -15,7 +15,7 @@ random orbit camera (elevation -10..40 deg, the training camera model), composit
             cosine to the true shape embedding, and retrieval / category accuracy using the
             predicted embedding versus the raw image embedding as the query
 
-Targets (issue 4): embed category accuracy >= 0.9; prior cosine >= 0.8.
+Our targets: embed category accuracy >= 0.9; prior cosine >= 0.8.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from .evaluate import SPLITS, _clean
+from .samples import shipped_checkpoint
 
 EMBED_TARGETS = {"category_acc": 0.9}
 PRIOR_TARGETS = {"cosine": 0.8}
-SHIPPED_EMBED = Path(__file__).resolve().parent.parent / "data_samples" / "checkpoints" / "embed_course"
-SHIPPED_PRIOR = Path(__file__).resolve().parent.parent / "data_samples" / "checkpoints" / "prior_course"
 
 
 def test_objects(split: str, n: int, n_points: int, resolution: int = 64, progress: bool = True) -> dict:
@@ -88,12 +87,13 @@ def _targets(values: dict, targets: dict) -> dict:
             for k, b in targets.items()}
 
 
-def evaluate_embed(embed=SHIPPED_EMBED, split: str = "test", n: int = 112, progress: bool = True,
+def evaluate_embed(embed=None, split: str = "test", n: int = 112, progress: bool = True,
                    data: dict | None = None) -> dict:
     from .checkpoint import load_towers
     from .metrics import retrieval
 
     t0 = time.perf_counter()
+    embed = embed or shipped_checkpoint("embed_course")
     tower, shape_tower, scfg = load_towers(embed)
     n_points = int(scfg["train"]["n_points"])
     data = data or test_objects(split, n, n_points, progress=progress)
@@ -116,13 +116,14 @@ def evaluate_embed(embed=SHIPPED_EMBED, split: str = "test", n: int = 112, progr
     return _clean(report)
 
 
-def evaluate_prior(prior=SHIPPED_PRIOR, embed=SHIPPED_EMBED, split: str = "test", n: int = 112,
+def evaluate_prior(prior=None, embed=None, split: str = "test", n: int = 112,
                    guidance: float = 1.0, steps: int | None = None, sampler: str | None = None, seed: int = 0,
                    progress: bool = True, data: dict | None = None) -> dict:
     from .checkpoint import load_prior, load_towers
     from .metrics import retrieval
 
     t0 = time.perf_counter()
+    embed, prior = embed or shipped_checkpoint("embed_course"), prior or shipped_checkpoint("prior_course")
     tower, shape_tower, scfg = load_towers(embed)
     model, pcfg = load_prior(prior, image_tower=tower)
     n_points = int(scfg["train"]["n_points"])

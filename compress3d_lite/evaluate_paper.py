@@ -1,9 +1,9 @@
-"""The paper's evaluation protocol and its ablations, in the paper's table format (paper_notes 8).
+"""The paper's evaluation protocol and its ablations, in the paper's table format (docs/paper.md §8).
 
     compress3d-lite evaluate paper --out outputs/paper_eval                      # main table + no-prior
     compress3d-lite evaluate paper --ablations all --out outputs/paper_eval      # every ablation
 
-The protocol (the paper does not state one: paper_notes 8.1 "NOT FOUND"; ours, written down):
+The protocol (the paper does not state one: docs/paper.md §8.1 "NOT FOUND"; ours, written down):
 
     test set      n held-out toy objects, ``make_toy_object(SPLITS[split], i)``, i < n (categories
                   cycle: n = 56 is 4 of each of the 14)
@@ -44,7 +44,7 @@ import torch
 
 from .evaluate import SPLITS, _clean
 
-# paper_notes 8.2-8.6
+# docs/paper.md §8.2-8.6
 PAPER_MAIN = {
     "Shap-E": {"fid": 146.14, "clip": 0.731, "latent": "1.05M", "seconds": 11, "data": ">=1M", "gpu_hours": "-"},
     "OpenLRM": {"fid": 94.47, "clip": 0.756, "latent": "0.98M", "seconds": 5, "data": "0.951M", "gpu_hours": "9,200"},
@@ -349,7 +349,8 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
                    guidance_grid="1,2,5x1,2", vae_with=None, vae_without=None, attn_res=None,
                    attn_res_vaes=None, device=None, progress: bool = True) -> dict:
     """Run the protocol (module docstring) and the chosen ablations; the report dict."""
-    from .pipeline import CHECKPOINTS, PRESETS, Compress3DPipeline
+    from .pipeline import Compress3DPipeline, pipeline_parts
+    from .samples import shipped_checkpoint
 
     p = protocol or Protocol()
     if p.split not in SPLITS:
@@ -362,8 +363,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
     grid = parse_grid(guidance_grid) if "guidance" in ablations else []
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
-    parts = ({k: CHECKPOINTS / v for k, v in PRESETS[pipeline].items()} if pipeline in PRESETS
-             else {k: Path(pipeline) / k for k in ("vae", "embed", "prior", "unet")})
+    parts = pipeline_parts(pipeline)
     objects = test_objects(p)
     scorer = make_scorer(objects, p, pipe.tower, features)
     gi, gs = pipe.default_guidance["image"], pipe.default_guidance["shape"]
@@ -393,7 +393,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
         report["ablations"]["guidance"] = cells
     if "attention" in ablations:
         report["ablations"]["attention"] = ablate_attention(vae_with or parts["vae"],
-                                                            vae_without or CHECKPOINTS / "vae_course_noattn",
+                                                            vae_without or shipped_checkpoint("vae_course_noattn"),
                                                             objects, p, progress)
     if "attn_res" in ablations:
         report["ablations"]["attn_res"] = ablate_attn_res(vae_with or parts["vae"], attn_res, attn_res_vaes,

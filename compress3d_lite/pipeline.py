@@ -1,4 +1,4 @@
-"""Image -> coloured mesh: the four stages wired together (paper_notes 1, 7).
+"""Image -> coloured mesh: the four stages wired together (docs/paper.md §1, §7).
 
     pipe = Compress3DPipeline.from_pretrained("course")          # the shipped checkpoints
     result = pipe("data_samples/toyshapes/images/000003_0.png", seed=0)
@@ -10,11 +10,12 @@ One call:
     3. noise -> latent triplane          triplane UNet, DDIM, dual classifier-free guidance
                                          (``guidance_image``, ``guidance_shape``; paper best 5.0, 1.0;
                                          the default is the UNet checkpoint's measured best, e.g.
-                                         2.0, 2.0 for the shipped course model; README "Stage 4")
+                                         2.0, 2.0 for the shipped course model; docs/stages.md "Stage 4")
     4. latent -> mesh                    un-normalise, VAE decoder, marching cubes, vertex colours
 
 A pipeline folder holds ``vae/``, ``embed/`` (``image_tower/``, ``shape_tower/``), ``prior/`` and
-``unet/``; the preset name ``course`` means the shipped checkpoints in ``data_samples/checkpoints``.
+``unet/``; the preset name ``course`` means the shipped checkpoints in ``data_samples/checkpoints``
+(found after any install by ``compress3d_lite.samples``).
 Loading checks that the pieces belong together (the UNet records the VAE and towers it was
 trained with; the prior records its image tower).
 """
@@ -27,9 +28,21 @@ from pathlib import Path
 
 import torch
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "data_samples" / "checkpoints"
 PRESETS = {"course": {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course", "unet": "unet_course"}}
-PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # paper_notes 5 / 8.6: the best pair at full scale
+PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
+
+
+def pipeline_parts(source="course") -> dict:
+    """{"vae", "embed", "prior", "unet"} -> checkpoint folder, for a preset name or a pipeline folder."""
+    from .checkpoint import CheckpointError
+    from .samples import shipped_checkpoint
+
+    if isinstance(source, str) and source in PRESETS:
+        return {k: shipped_checkpoint(v) for k, v in PRESETS[source].items()}
+    root = Path(source)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: neither a preset ({', '.join(PRESETS)}) nor a pipeline folder")
+    return {k: root / k for k in ("vae", "embed", "prior", "unet")}
 
 
 @dataclass
@@ -74,13 +87,7 @@ class Compress3DPipeline:
         from .models.image_tower import fingerprint
 
         device = device or pick_device()
-        if isinstance(source, str) and source in PRESETS:
-            parts = {k: CHECKPOINTS / v for k, v in PRESETS[source].items()}
-        else:
-            root = Path(source)
-            if not root.is_dir():
-                raise CheckpointError(f"{root}: neither a preset ({', '.join(PRESETS)}) nor a pipeline folder")
-            parts = {k: root / k for k in ("vae", "embed", "prior", "unet")}
+        parts = pipeline_parts(source)
         unet, ucfg = load_unet(parts["unet"], device)
         vae, vcfg = load_vae(parts["vae"], device)
         if ucfg.get("vae", {}).get("weights") != fingerprint(vae.state_dict()):

@@ -1,4 +1,4 @@
-"""Reconstruct a mesh through the triplane VAE: points -> latent -> triplane -> mesh (issue 3, item 5).
+"""Reconstruct a mesh through the triplane VAE: points -> latent -> triplane -> mesh.
 
     compress3d-lite reconstruct Duck.glb -o duck_vae.glb               # the shipped course VAE
     compress3d-lite reconstruct object.npz --ckpt runs/vae/model -o out.ply --res 64
@@ -27,7 +27,7 @@ import torch
 
 from .mesh import MESH_FORMATS, MeshingError, extract_mesh, save_mesh
 
-DEFAULT_CKPT = Path(__file__).resolve().parents[1] / "data_samples" / "checkpoints" / "vae_course"
+DEFAULT_CKPT = "vae_course"  # the shipped course VAE (compress3d_lite.samples finds it)
 INPUT_FORMATS = (".glb", ".gltf", ".obj", ".ply", ".npz")
 
 
@@ -82,13 +82,15 @@ def to_original_frame(mesh, transform):
     return mesh.apply_transform(np.linalg.inv(np.asarray(transform, np.float64)))
 
 
-def reconstruct(input_path, output, ckpt=DEFAULT_CKPT, res: int = 128, seed: int = 0,
+def reconstruct(input_path, output, ckpt=None, res: int = 128, seed: int = 0,
                 preset: str | None = None, log=print):
     """The whole command: checks, then read -> encode -> decode -> mesh -> original frame -> write.
 
     Returns (mesh in the original frame, timings dict in seconds)."""
     from .checkpoint import load_vae
+    from .samples import shipped_checkpoint
 
+    ckpt = ckpt or shipped_checkpoint(DEFAULT_CKPT)
     output = Path(output)
     if output.suffix.lower() not in MESH_FORMATS:
         raise ReconstructError(f"{output}: unsupported output format '{output.suffix}' "

@@ -1,20 +1,20 @@
 """The stage-2/3 commands: evaluation of the shipped towers and prior, bad input, exit codes."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from compress3d_lite.cli import main
+from compress3d_lite.samples import sample_path
 
-CKPTS = Path(__file__).resolve().parents[1] / "data_samples" / "checkpoints"
+CKPTS = sample_path("checkpoints")
 
 
 def test_evaluate_embed_and_prior_on_the_shipped_checkpoints(tmp_path, capsys):
     assert main(["evaluate", "embed", "--n", "42", "--json", str(tmp_path / "e.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["n_objects"] == 42 and e["image_tower"]["name"] == "toy"
-    assert e["image_to_shape"]["category_acc"] >= 0.85  # issue 4 target 0.9, measured on 112 objects
+    assert e["image_to_shape"]["category_acc"] >= 0.85  # the target is 0.9, measured on 112 objects
     assert e["image_to_shape"]["top5"] >= 0.5  # chance: 5 / 42
     assert main(["evaluate", "prior", "--n", "42", "--json", str(tmp_path / "p.json")]) == 0
     p = json.loads((tmp_path / "p.json").read_text())

@@ -12,12 +12,12 @@ from compress3d_lite.data.render import intrinsics, orbit_cameras, render_views
 from compress3d_lite.data.toyshapes import make_toy_object
 from compress3d_lite.evaluate_paper import Protocol, eval_cameras, format_markdown, parse_grid
 from compress3d_lite.image_metrics import (clip_similarity, fid, fid_features, inception_available, to_rgb_tensor)
-from compress3d_lite.pipeline import CHECKPOINTS
+from compress3d_lite.samples import shipped_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tower():
-    return load_towers(CHECKPOINTS / "embed_course")[0]
+    return load_towers(shipped_checkpoint("embed_course"))[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ import pytest
 import trimesh
 
 from compress3d_lite.cli import main
-from compress3d_lite.reconstruct import DEFAULT_CKPT
+from compress3d_lite.samples import sample_path, shipped_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_MESHES = ROOT.parent / "shared" / "eval_assets" / "meshes"
-LAMP = ROOT / "data_samples" / "meshes" / "toy_lamp.glb"
+LAMP = sample_path("meshes", "toy_lamp.glb")
+DEFAULT_CKPT = shipped_checkpoint("vae_course")
 
 needs_ckpt = pytest.mark.skipif(not (DEFAULT_CKPT / "model.safetensors").exists(),
                                 reason="the shipped checkpoint is absent")
@@ -66,7 +67,7 @@ def test_reconstruct_sample_lamp_and_a_toy_npz(tmp_path):
 
     from compress3d_lite.data.io import load_object
 
-    npz = ROOT / "data_samples" / "toyshapes" / "000001.npz"
+    npz = sample_path("toyshapes", "000001.npz")
     obj = load_object(npz)
     out = tmp_path / "toy.obj"
     assert main(["reconstruct", str(npz), "-o", str(out), "--res", "48"]) == 0

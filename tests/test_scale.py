@@ -21,10 +21,11 @@ from compress3d_lite.data.toyshapes import write_toyshapes
 from compress3d_lite.dryrun import activation_bytes, dry_run, format_dry_run
 from compress3d_lite.models import TriplaneVAE
 from compress3d_lite.models.triplane_unet import TriplaneUNet
+from compress3d_lite.samples import sample_path
 from compress3d_lite.train import model_identity, train_embed
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "data_samples" / "checkpoints"
+SHIPPED = sample_path("checkpoints")
 
 
 # ------------------------------------------------------------------------------------------ dry runs

@@ -1,4 +1,4 @@
-"""Quality filter: a small MLP that scores objects good / bad (paper_notes section 6).
+"""Quality filter: a small MLP that scores objects good / bad (docs/paper.md §6).
 
 Compress3D labelled 2,500 Objaverse models good or bad by hand, trained an MLP classifier on them
 and kept the ~100K models it liked. The paper does not say what the classifier sees. Ours sees
@@ -23,11 +23,19 @@ import numpy as np
 import torch
 
 from ..embed import embed_points
+from ..samples import shipped_checkpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_EMBED = ROOT / "data_samples" / "checkpoints" / "embed_course"
 LABELS = {"good": 1, "1": 1, "bad": 0, "0": 0}
 N_POINTS = 512  # surface points per object fed to the shape tower (what embed_course was trained on)
+SHIPPED_TAG = "shipped:embed_course"
+
+
+def _embed_folder(recorded: str) -> Path:
+    """The towers' folder recorded in a filter's config: the shipped tag, a path, or (older filters)
+    a path relative to the repository root such as ``data_samples/checkpoints/embed_course``."""
+    if recorded == SHIPPED_TAG or recorded.replace("\\", "/") == "data_samples/checkpoints/embed_course":
+        return shipped_checkpoint("embed_course")
+    return Path(recorded)
 
 
 class QualityError(ValueError):
@@ -80,7 +88,7 @@ def train_filter(data_dir, labels_csv, out_dir, embed_dir=None, hidden: int = 64
     from ..checkpoint import load_towers, write_checkpoint
     from .io import read_index
 
-    embed_dir = Path(embed_dir or SHIPPED_EMBED)
+    embed_dir = Path(embed_dir or shipped_checkpoint("embed_course"))
     labels = read_labels(labels_csv)
     files = {e.get("uid") or Path(e["file"]).stem: Path(data_dir) / e["file"] for e in read_index(data_dir)["objects"]}
     uids = [u for u in labels if u in files]
@@ -113,11 +121,13 @@ def train_filter(data_dir, labels_csv, out_dir, embed_dir=None, hidden: int = 64
     report = {"n_labels": len(labels), "n_missing": len(labels) - len(uids), "n_train": len(uids) - n_val, "n_val": n_val,
               "n_good": int(y.sum()), "train_accuracy": acc(tr), "val_accuracy": acc(val),
               "val_majority_baseline": round(max(float(y[val].mean()), 1 - float(y[val].mean())), 4)}
+    shipped = shipped_checkpoint("embed_course").resolve()
     embed = embed_dir.resolve()
     write_checkpoint(out_dir, mlp.state_dict(), {
         "kind": "quality_mlp", "model": {"dim": int(x.shape[1]), "hidden": hidden}, "threshold": threshold,
         "features": f"shape embedding of {N_POINTS} coloured surface points (our choice; the paper's are unknown)",
-        "embed": str(embed.relative_to(ROOT) if embed.is_relative_to(ROOT) else embed),  # movable with the repo
+        # the shipped towers are named, not located, so the filter works after any install
+        "embed": SHIPPED_TAG if embed == shipped else str(embed),
         "shape_tower_fingerprint": tower_cfg["fingerprint"],
         "data": str(data_dir), "labels": str(labels_csv), "seed": seed, "steps": steps, "report": report})
     return report
@@ -137,8 +147,8 @@ class QualityFilter:
         if cfg.get("kind") != "quality_mlp":
             raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a quality filter")
         mlp = _load_module(path, cfg.get("model", {}), lambda d: make_mlp(d["dim"], d["hidden"]), "quality filter")
-        embed_dir = Path(cfg.get("embed", ""))
-        _, shape_tower, tower_cfg = load_towers(embed_dir if embed_dir.is_absolute() else ROOT / embed_dir)
+        embed_dir = _embed_folder(cfg.get("embed", ""))
+        _, shape_tower, tower_cfg = load_towers(embed_dir)
         if tower_cfg["fingerprint"] != cfg.get("shape_tower_fingerprint"):
             raise CheckpointError(f"{path}: trained on the embeddings of another shape tower than {embed_dir}")
         return cls(mlp, shape_tower, float(cfg.get("threshold", 0.5)))
