@@ -1,6 +1,8 @@
 """``compress3d-lite``: the command line.
 
-    compress3d-lite demo [--out DIR]                    make and view a toy sample (the main job, for now)
+    compress3d-lite generate IMAGE... -o OUT_DIR [--format glb|ply|obj] [--steps N] [--seed S] [--no-prior] [--res R]
+                                                        the main job: one image in, one coloured mesh out
+    compress3d-lite demo [--out DIR]                    an offline HTML page of a few toy objects and an imported mesh
     compress3d-lite data toyshapes --n N --out DIR [--views V] [--seed S] [--res R] [--workers K] [--png]
     compress3d-lite data import PATH... --out DIR [--views V] [--seed S] [--res R]
     compress3d-lite data objaverse (--uids FILE | --n N) --out DIR [--source DIR] [--workers K] [--filter CLS_DIR]
@@ -12,7 +14,6 @@
     compress3d-lite train prior --preset {lite,course,colab_t4,a100_full} --embed DIR --out DIR [--resume]
     compress3d-lite train diffusion --preset P --vae DIR --embed DIR --out DIR [--resume]
     compress3d-lite train {ae,embed,prior,diffusion} --preset P --dry-run [--json FILE]
-    compress3d-lite generate IMAGE... -o OUT_DIR [--format glb|ply|obj] [--steps N] [--seed S] [--no-prior] [--res R]
     compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
     compress3d-lite evaluate ae [--ckpt CKPT] [--split test] [--json OUT] [--n N] [--res R] [--preset P]
     compress3d-lite evaluate embed [--embed DIR] [--split test] [--json OUT] [--n N]
@@ -21,6 +22,7 @@
     compress3d-lite evaluate prior [--prior DIR] [--embed DIR] [--split test] [--json OUT] [--n N] [--guidance G]
 
 Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
+A command group without a subcommand (``compress3d-lite``, ``compress3d-lite train``) prints its help.
 """
 
 from __future__ import annotations
@@ -270,20 +272,22 @@ def cmd_generate(args):
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
     load_seconds = time.perf_counter() - t0
+    # the scales actually used: the command line's, else the checkpoint's default (recorded as numbers)
+    gi = pipe.default_guidance["image"] if args.guidance_image is None else args.guidance_image
+    gs = pipe.default_guidance["shape"] if args.guidance_shape is None else args.guidance_shape
+    source = {"image": "command line" if args.guidance_image is not None else "checkpoint default",
+              "shape": "command line" if args.guidance_shape is not None else "checkpoint default"}
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
-          f"the prior, {args.steps} steps, guidance image "
-          f"{pipe.default_guidance['image'] if args.guidance_image is None else args.guidance_image} / shape "
-          f"{pipe.default_guidance['shape'] if args.guidance_shape is None else args.guidance_shape}")
+          f"the prior, {args.steps} steps, guidance image {gi:g} / shape {gs:g}")
     report, failed, used = {"pipeline": str(args.pipeline), "load_seconds": load_seconds, "settings": {
         "steps": args.steps, "seed": args.seed, "use_prior": not args.no_prior, "res": args.res,
-        "guidance_image": args.guidance_image, "guidance_shape": args.guidance_shape}, "images": []}, 0, set()
+        "guidance_image": gi, "guidance_shape": gs, "guidance_source": source}, "images": []}, 0, set()
     for path in args.images:
         try:
             image = load_image(path)
-            result = pipe(image, steps=args.steps, guidance_image=args.guidance_image,
-                          guidance_shape=args.guidance_shape, seed=args.seed, use_prior=not args.no_prior,
-                          res=args.res)
+            result = pipe(image, steps=args.steps, guidance_image=gi, guidance_shape=gs, seed=args.seed,
+                          use_prior=not args.no_prior, res=args.res)
         except (ImageError, MeshingError) as e:
             print(f"error: {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
             report["images"].append({"image": str(path), "error": str(e)})
@@ -307,13 +311,14 @@ def cmd_generate(args):
 
 
 def cmd_demo(args):
-    """The main job on the shipped defaults: a few toy objects + one imported mesh, viewed."""
+    """A tour of the data: a few toy objects + one imported mesh, on one offline HTML page."""
     from . import viz
     from .config import SampleSpec
     from .data.io import load_object
     from .data.mesh_import import import_mesh
     from .data.render import ray_backend
     from .data.toyshapes import write_toyshapes
+    from .samples import sample_path
 
     out = Path(args.out)
     spec = SampleSpec(views=4, resolution=128)
@@ -323,12 +328,12 @@ def cmd_demo(args):
     for e in entries[: min(len(entries), 4)]:
         obj = load_object(out / "toyshapes" / e["file"])
         figures.append((f"toy {e['category']}", obj))
-    sample = Path(__file__).resolve().parents[1] / "data_samples" / "meshes" / "toy_lamp.glb"
+    sample = sample_path("meshes", "toy_lamp.glb")
     if sample.exists():
         figures.append((f"imported {sample.name}", import_mesh(sample, spec, seed=args.seed)))
     page = viz.save_html([f for title, obj in figures for f in _object_figures(obj, title)],
                          out / "index.html", title="compress3d_lite demo")
-    print(f"wrote {page}: open it in a browser to explore {len(figures)} objects "
+    print(f"wrote {page}: open it in a browser (it works offline) to explore {len(figures)} objects "
           f"(coloured points, occupancy, rendered views and depth)")
     return 0
 
@@ -346,12 +351,14 @@ def cmd_reconstruct(args):
 
 def cmd_evaluate(args):
     from .evaluate import evaluate_ae, format_table, write_report
+    from .reconstruct import DEFAULT_CKPT
+    from .samples import shipped_checkpoint
 
     if args.n < 1 or args.res < 8:
         raise CLIError("--n must be >= 1 and --res >= 8")
     if args.json and Path(args.json).is_dir():
         raise CLIError(f"{args.json}: is a directory, not a .json file")
-    report = evaluate_ae(args.ckpt, split=args.split, n=args.n, res=args.res, preset=args.preset)
+    report = evaluate_ae(args.ckpt or shipped_checkpoint(DEFAULT_CKPT), split=args.split, n=args.n, res=args.res, preset=args.preset)
     print(f"evaluate ae: {report['checkpoint']} (preset {report['config']['preset']}, step "
           f"{report['config']['step']}), split {args.split} (seed {report['seed']}), {args.n} objects, "
           f"grid {args.res}^3, {report['timing']['total_seconds']:.0f} s")
@@ -447,170 +454,75 @@ def _add_dry_run_args(q):
     q.add_argument("--json", default=None, help="with --dry-run: write all the numbers to this JSON file")
 
 
+def _print_help(parser):
+    """The command of a bare group (``compress3d-lite``, ``compress3d-lite train``): its help, exit 0."""
+    def show(args):
+        parser.print_help()
+        return 0
+    return show
+
+
+def _group(sub, name, help, dest):
+    """A command group: a subparser whose own subcommands live under ``dest``; bare, it prints its help."""
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.set_defaults(func=_print_help(parser))
+    return parser.add_subparsers(dest=dest, metavar="COMMAND")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compress3d-lite", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
 
-    d = sub.add_parser("demo", help="make and view a small toy sample (the main job, for now)")
-    d.add_argument("--out", default="outputs/demo", help="output folder (default %(default)s)")
-    d.add_argument("--n", type=int, default=4, help="toy objects to make (default %(default)s)")
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=cmd_demo)
+    p = argparse.ArgumentParser(prog="compress3d-lite",
+                                description="compress3d_lite: one image in, one coloured 3D mesh out, through "
+                                            "the four stages of Compress3D (arXiv 2403.13524).",
+                                epilog="Start with: compress3d-lite generate IMAGE -o OUT_DIR. "
+                                       "'compress3d-lite COMMAND --help' describes each command.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.set_defaults(func=_print_help(p))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    seed_help = "random seed (default %(default)s)"
+    device_help = "cuda, mps or cpu (default: the best available)"
+    pipeline_help = "preset name or pipeline folder (default: the shipped course checkpoints)"
+    split_help = "toy seed range: train 0, val 500, test 1000 (default %(default)s)"
 
-    tr = sub.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
-    ae = tr.add_parser("ae", help="the triplane VAE (stage 1)")
-    ae.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
-    ae.add_argument("--data", default=None, help="dataset folder (default: generate the toy set into OUT/data)")
-    ae.add_argument("--out", default=None, help="run folder: checkpoint/, model/, log.jsonl (required unless --dry-run)")
-    ae.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
-    ae.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    ae.add_argument("--batch-size", type=int, default=None)
-    ae.add_argument("--seed", type=int, default=None)
-    ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
-    ae.add_argument("--num-workers", type=int, default=None, help="data-loading processes (a GPU wants several)")
-    ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
-    ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
-    ae.add_argument("--render-loss", action="store_true",
-                    help="add the paper's rgb/mask/depth render losses (x10, x10, x0.1) of the field")
-    ae.add_argument("--half", action="store_true", help="store the final model/ weights in fp16")
-    ae.add_argument("--grad-checkpoint", action="store_true",
-                    help="recompute the ResBlocks and the 3D-aware attention in the backward pass (less memory)")
-    _add_dry_run_args(ae)
-    ae.set_defaults(func=cmd_train)
-
-    def common_train(q, what):
-        q.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
-        q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
-        q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
-        q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-        q.add_argument("--batch-size", type=int, default=None)
-        q.add_argument("--seed", type=int, default=None)
-        q.add_argument("--half", action="store_true", help="store the final weights in fp16")
-        _add_dry_run_args(q)
-
-    em = tr.add_parser("embed", help="image and shape towers, contrastive alignment (stage 2)")
-    common_train(em, "image_tower/, shape_tower/")
-    em.add_argument("--data", default=None, help="dataset folder with rendered views (default: generate toy objects)")
-    em.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
-    em.add_argument("--image-tower", default=None,
-                    help="override the preset's image tower: toy, toy_lite, vit_b32, vit_bigg14")
-    em.set_defaults(func=cmd_train_embed)
-
-    pr = tr.add_parser("prior", help="the diffusion prior, image embedding -> shape embedding (stage 3)")
-    common_train(pr, "prior/, embeddings.safetensors")
-    pr.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
-    pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
-    pr.set_defaults(func=cmd_train_prior)
-
-    df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
-    common_train(df, "unet/, latents.safetensors")
-    df.add_argument("--vae", default=None, help="the VAE model folder (its latent space and latent stats; "
-                    "required unless --dry-run)")
-    df.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
-    df.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
-    df.add_argument("--grad-checkpoint", action="store_true",
-                    help="recompute the ResBlocks and cross-attention in the backward pass (~3x less activation "
-                         "memory, ~1/3 more compute)")
-    df.set_defaults(func=cmd_train_diffusion)
-
-    g = sub.add_parser("generate", help="image(s) in, one coloured mesh each out (the main job)")
+    # --- the main job ---------------------------------------------------------------------------
+    g = sub.add_parser("generate", help="the main job: image(s) in, one coloured mesh each out",
+                       description="One coloured mesh per image, through the four stages (image tower, prior, "
+                                   "triplane diffusion, VAE decoder). A bad image is reported and skipped; the "
+                                   "others are still done (exit code 2 when any failed).")
     g.add_argument("images", nargs="+", help="image files (PNG/JPEG/...; RGBA is composited on white)")
     g.add_argument("-o", "--output", required=True, help="output folder: one mesh per image + generate.json")
-    g.add_argument("--format", default="glb", choices=["glb", "ply", "obj"])
+    g.add_argument("--format", default="glb", choices=["glb", "ply", "obj"],
+                   help="mesh file format, all with vertex colours (default %(default)s)")
     g.add_argument("--steps", type=int, default=25, help="DDIM steps of the triplane diffusion (default %(default)s)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (default %(default)s)")
     g.add_argument("--no-prior", action="store_true", help="condition on the image embedding only (ablation)")
     g.add_argument("--res", type=int, default=128, help="marching-cubes grid (default %(default)s)")
     g.add_argument("--guidance-image", type=float, default=None,
                    help="image guidance scale (default: the checkpoint's measured best; paper best 5.0)")
     g.add_argument("--guidance-shape", type=float, default=None,
                    help="shape guidance scale (default: the checkpoint's measured best; paper best 1.0)")
-    g.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
-    g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    g.add_argument("--pipeline", default="course", help=pipeline_help)
+    g.add_argument("--device", default=None, help=device_help)
     g.set_defaults(func=cmd_generate)
-
-    from .reconstruct import DEFAULT_CKPT
 
     rc = sub.add_parser("reconstruct", help="a mesh or object through the VAE and back to a mesh")
     rc.add_argument("input", help="a GLB/glTF/OBJ/PLY mesh or an object .npz")
     rc.add_argument("-o", "--output", required=True, help="output mesh: .glb, .ply or .obj")
-    rc.add_argument("--ckpt", default=str(DEFAULT_CKPT), help="VAE checkpoint folder (default: the shipped course VAE)")
+    rc.add_argument("--ckpt", default=None, help="VAE checkpoint folder (default: the shipped course VAE)")
     rc.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
     rc.add_argument("--seed", type=int, default=0, help="seed of the surface sampling (default %(default)s)")
     rc.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
     rc.set_defaults(func=cmd_reconstruct)
 
-    ev = sub.add_parser("evaluate", help="metrics of a trained stage on held-out toy objects").add_subparsers(
-        dest="stage", required=True)
-    eva = ev.add_parser("ae", help="the triplane VAE: IoU, Chamfer-L1, F-score@0.02, colour PSNR")
-    eva.add_argument("--ckpt", default=str(DEFAULT_CKPT),
-                     help="VAE checkpoint folder (default: the shipped course VAE)")
-    eva.add_argument("--split", default="test", choices=["train", "val", "test"],
-                     help="toy seed range: train 0, val 500, test 1000 (default %(default)s)")
-    eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
-    eva.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
-    eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
-    eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
-    eva.set_defaults(func=cmd_evaluate)
+    d = sub.add_parser("demo", help="an offline HTML page of a few toy objects and one imported mesh (no model)")
+    d.add_argument("--out", default="outputs/demo", help="output folder (default %(default)s)")
+    d.add_argument("--n", type=int, default=4, help="toy objects to make (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the toy objects (default %(default)s)")
+    d.set_defaults(func=cmd_demo)
 
-    from .evaluate_embed import SHIPPED_EMBED, SHIPPED_PRIOR
-
-    def common_eval(q):
-        q.add_argument("--embed", default=str(SHIPPED_EMBED),
-                       help="output folder of train embed (default: the shipped course towers)")
-        q.add_argument("--split", default="test", choices=["train", "val", "test"],
-                       help="toy seed range: train 0, val 500, test 1000 (default %(default)s)")
-        q.add_argument("--n", type=int, default=112, help="objects, 8 per category at 112 (default %(default)s)")
-        q.add_argument("--json", default=None, help="write the full report here")
-
-    eve = ev.add_parser("embed", help="the towers: image -> shape retrieval, category accuracy")
-    common_eval(eve)
-    eve.set_defaults(func=cmd_evaluate_embed)
-    evp = ev.add_parser("prior", help="the prior: cosine to the true shape embedding, retrieval")
-    common_eval(evp)
-    evp.add_argument("--prior", default=str(SHIPPED_PRIOR), help="prior folder (default: the shipped course prior)")
-    evp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
-    evp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's config)")
-    evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"])
-    evp.add_argument("--seed", type=int, default=0)
-    evp.set_defaults(func=cmd_evaluate_prior)
-    evg = ev.add_parser("generate", help="image -> mesh on held-out objects: IoU, Chamfer, category, image similarity")
-    evg.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
-    evg.add_argument("--split", default="test", choices=["train", "val", "test"])
-    evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
-    evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
-    evg.add_argument("--steps", type=int, default=25)
-    evg.add_argument("--guidance-image", type=float, default=None, help="default: the checkpoint's")
-    evg.add_argument("--guidance-shape", type=float, default=None, help="default: the checkpoint's")
-    evg.add_argument("--seed", type=int, default=0)
-    evg.add_argument("--json", default=None, help="write the full report here")
-    evg.set_defaults(func=cmd_evaluate_generate)
-
-    evr = ev.add_parser("paper", help="the paper's protocol: FID, CLIP similarity, IoU/CD/F, ablations; "
-                                      "JSON + markdown tables beside the paper's numbers")
-    evr.add_argument("--pipeline", default="course", help="preset name or pipeline folder (default: shipped course)")
-    evr.add_argument("--out", default="outputs/paper_eval", help="folder for paper_eval.json/.md (default %(default)s)")
-    evr.add_argument("--split", default="test", choices=["train", "val", "test"])
-    evr.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
-    evr.add_argument("--views", type=int, default=4, help="rendered views per asset (default %(default)s)")
-    evr.add_argument("--view-res", type=int, default=128, help="render resolution (default %(default)s)")
-    evr.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
-    evr.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
-    evr.add_argument("--seed", type=int, default=0)
-    evr.add_argument("--ablations", default="prior",
-                     help="comma list of prior, guidance, attention, attn_res; or all / none (default %(default)s)")
-    evr.add_argument("--guidance-grid", default="1,2,5x1,2", help="image scales x shape scales (default %(default)s)")
-    evr.add_argument("--fid-features", default="auto", choices=["auto", "inception", "tower"],
-                     help="Inception-v3 when its weights are here (auto), else the pipeline's open_clip tower")
-    evr.add_argument("--vae-with", default=None, help="attention ablation: VAE with attention (default: the pipeline's)")
-    evr.add_argument("--vae-without", default=None,
-                     help="attention ablation: VAE without (default: shipped vae_course_noattn)")
-    evr.add_argument("--attn-res", type=int, nargs="+", default=None, help="r'' values to time (default: all valid)")
-    evr.add_argument("--attn-res-vaes", nargs="+", default=None, help="VAE checkpoints trained at other r''")
-    evr.add_argument("--device", default=None)
-    evr.set_defaults(func=cmd_evaluate_paper)
-
-    data = sub.add_parser("data", help="make, import and view datasets").add_subparsers(dest="data_command", required=True)
+    # --- data -----------------------------------------------------------------------------------
+    data = _group(sub, "data", "make, import and view datasets", "data_command")
 
     t = data.add_parser("toyshapes", help="generate procedural coloured objects")
     t.add_argument("--n", type=int, required=True, help="number of objects")
@@ -646,24 +558,140 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(o)
     o.set_defaults(func=cmd_objaverse)
 
-    q = data.add_parser("quality-filter", help="an MLP that scores objects good/bad").add_subparsers(
-        dest="quality_command", required=True)
+    q = _group(data, "quality-filter", "an MLP that scores objects good/bad", "quality_command")
     qt = q.add_parser("train", help="train it on labelled objects of a dataset folder")
     qt.add_argument("--data", required=True, help="dataset folder holding the labelled objects")
     qt.add_argument("--labels", required=True, help="CSV of uid,label (good/bad or 1/0)")
     qt.add_argument("--out", required=True, help="output folder: model.safetensors + config.json")
     qt.add_argument("--embed", default=None, help="towers whose shape embeddings are the features (default: shipped)")
-    qt.add_argument("--seed", type=int, default=0)
+    qt.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the MLP (default %(default)s)")
     qt.set_defaults(func=cmd_quality_train)
 
-    v = data.add_parser("view", help="write an HTML viewer of one object .npz")
+    v = data.add_parser("view", help="write an offline HTML viewer of one object .npz")
     v.add_argument("object", help="an object .npz")
     v.add_argument("-o", "--output", help="output .html (default: next to the object)")
     v.set_defaults(func=cmd_view)
 
     s = data.add_parser("sample-meshes", help="write our own small example meshes (OBJ+MTL+PNG, GLB, PLY)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(func=cmd_sample_meshes)
+
+    # --- train ----------------------------------------------------------------------------------
+    tr = _group(sub, "train", "train a stage", "stage")
+
+    def common_train(q, what):
+        q.add_argument("--preset", default="course", help="lite, course, colab_t4 or a100_full (default %(default)s)")
+        q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
+        q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+        q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+        q.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size (per process)")
+        q.add_argument("--seed", type=int, default=None, help="override the preset's seed (data order, init)")
+        q.add_argument("--half", action="store_true", help="store the final weights in fp16")
+        _add_dry_run_args(q)
+
+    ae = tr.add_parser("ae", help="the triplane VAE (stage 1)")
+    common_train(ae, "model/")
+    ae.add_argument("--data", default=None, help="dataset folder (default: generate the toy set into OUT/data)")
+    ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    ae.add_argument("--num-workers", type=int, default=None, help="data-loading processes (a GPU wants several)")
+    ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
+    ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
+    ae.add_argument("--render-loss", action="store_true",
+                    help="add the paper's rgb/mask/depth render losses (x10, x10, x0.1) of the field")
+    ae.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and the 3D-aware attention in the backward pass (less memory)")
+    ae.set_defaults(func=cmd_train)
+
+    em = tr.add_parser("embed", help="image and shape towers, contrastive alignment (stage 2)")
+    common_train(em, "image_tower/, shape_tower/")
+    em.add_argument("--data", default=None, help="dataset folder with rendered views (default: generate toy objects)")
+    em.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    em.add_argument("--image-tower", default=None,
+                    help="override the preset's image tower: toy, toy_lite, vit_b32, vit_bigg14")
+    em.set_defaults(func=cmd_train_embed)
+
+    pr = tr.add_parser("prior", help="the diffusion prior, image embedding -> shape embedding (stage 3)")
+    common_train(pr, "prior/, embeddings.safetensors")
+    pr.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
+    pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    pr.set_defaults(func=cmd_train_prior)
+
+    df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
+    common_train(df, "unet/, latents.safetensors")
+    df.add_argument("--vae", default=None, help="the VAE model folder (its latent space and latent stats; "
+                    "required unless --dry-run)")
+    df.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
+    df.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    df.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and cross-attention in the backward pass (~3x less activation "
+                         "memory, ~1/3 more compute)")
+    df.set_defaults(func=cmd_train_diffusion)
+
+    # --- evaluate -------------------------------------------------------------------------------
+    ev = _group(sub, "evaluate", "metrics of a trained stage on held-out toy objects", "stage")
+    eva = ev.add_parser("ae", help="the triplane VAE: IoU, Chamfer-L1, F-score@0.02, colour PSNR")
+    eva.add_argument("--ckpt", default=None, help="VAE checkpoint folder (default: the shipped course VAE)")
+    eva.add_argument("--split", default="test", choices=["train", "val", "test"], help=split_help)
+    eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    eva.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
+    eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
+    eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
+    eva.set_defaults(func=cmd_evaluate)
+
+    def common_eval(q):
+        q.add_argument("--embed", default=None, help="output folder of train embed (default: the shipped course towers)")
+        q.add_argument("--split", default="test", choices=["train", "val", "test"], help=split_help)
+        q.add_argument("--n", type=int, default=112, help="objects, 8 per category at 112 (default %(default)s)")
+        q.add_argument("--json", default=None, help="write the full report here")
+
+    eve = ev.add_parser("embed", help="the towers: image -> shape retrieval, category accuracy")
+    common_eval(eve)
+    eve.set_defaults(func=cmd_evaluate_embed)
+    evp = ev.add_parser("prior", help="the prior: cosine to the true shape embedding, retrieval")
+    common_eval(evp)
+    evp.add_argument("--prior", default=None, help="prior folder (default: the shipped course prior)")
+    evp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    evp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's config)")
+    evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"],
+                     help="diffusers scheduler for sampling (default: the prior's config)")
+    evp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default %(default)s)")
+    evp.set_defaults(func=cmd_evaluate_prior)
+
+    evg = ev.add_parser("generate", help="image -> mesh on held-out objects: IoU, Chamfer, category, image similarity")
+    evg.add_argument("--pipeline", default="course", help=pipeline_help)
+    evg.add_argument("--split", default="test", choices=["train", "val", "test"], help=split_help)
+    evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evg.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evg.add_argument("--guidance-image", type=float, default=None, help="image guidance scale (default: the checkpoint's)")
+    evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
+    evg.add_argument("--seed", type=int, default=0, help=seed_help)
+    evg.add_argument("--json", default=None, help="write the full report here")
+    evg.set_defaults(func=cmd_evaluate_generate)
+
+    evr = ev.add_parser("paper", help="the paper's protocol: FID, CLIP similarity, IoU/CD/F, ablations; "
+                                      "JSON + markdown tables beside the paper's numbers")
+    evr.add_argument("--pipeline", default="course", help=pipeline_help)
+    evr.add_argument("--out", default="outputs/paper_eval", help="folder for paper_eval.json/.md (default %(default)s)")
+    evr.add_argument("--split", default="test", choices=["train", "val", "test"], help=split_help)
+    evr.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evr.add_argument("--views", type=int, default=4, help="rendered views per asset (default %(default)s)")
+    evr.add_argument("--view-res", type=int, default=128, help="render resolution (default %(default)s)")
+    evr.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evr.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evr.add_argument("--seed", type=int, default=0, help=seed_help)
+    evr.add_argument("--ablations", default="prior",
+                     help="comma list of prior, guidance, attention, attn_res; or all / none (default %(default)s)")
+    evr.add_argument("--guidance-grid", default="1,2,5x1,2", help="image scales x shape scales (default %(default)s)")
+    evr.add_argument("--fid-features", default="auto", choices=["auto", "inception", "tower"],
+                     help="Inception-v3 when its weights are here (auto), else the pipeline's open_clip tower")
+    evr.add_argument("--vae-with", default=None, help="attention ablation: VAE with attention (default: the pipeline's)")
+    evr.add_argument("--vae-without", default=None,
+                     help="attention ablation: VAE without (default: shipped vae_course_noattn)")
+    evr.add_argument("--attn-res", type=int, nargs="+", default=None, help="r'' values to time (default: all valid)")
+    evr.add_argument("--attn-res-vaes", nargs="+", default=None, help="VAE checkpoints trained at other r''")
+    evr.add_argument("--device", default=None, help=device_help)
+    evr.set_defaults(func=cmd_evaluate_paper)
     return p
 
 

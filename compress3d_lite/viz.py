@@ -3,7 +3,7 @@
 Every function returns a plain ``plotly.graph_objects.Figure``, so the same figure shows in
 JupyterLab, Colab and VS Code and can be saved as standalone HTML (``save_html``). Anything that
 steps (slices, later denoising steps) uses plotly ``frames`` + a slider, which needs no kernel;
-``FigureWidget`` is never required because it often renders blank in Colab (DESIGN.md section 5).
+``FigureWidget`` is never required because it often renders blank in Colab (docs/design.md §5).
 
 Conventions, after pytorch3d's ``plot_scene`` (pytorch3d/vis/plotly_vis.py):
 
@@ -373,10 +373,10 @@ def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px
 # saving and an optional widget layer
 
 
-def save_html(fig, path, include_plotlyjs="cdn", title: str = "compress3d_lite") -> Path:
+def save_html(fig, path, include_plotlyjs="inline", title: str = "compress3d_lite") -> Path:
     """Write ``fig`` (one figure, or a list of figures stacked on one page) as standalone HTML,
-    atomically. ``include_plotlyjs="cdn"`` keeps the file small but needs internet to view;
-    ``"inline"`` (or True) embeds plotly.js (~4 MB) for a fully offline file. Animations do
+    atomically. The default ``"inline"`` (or True) embeds plotly.js (~4 MB), so the page works
+    offline; ``"cdn"`` keeps the file small but shows nothing without internet. Animations do
     not start on their own. Returns the path."""
     if include_plotlyjs == "inline":
         include_plotlyjs = True

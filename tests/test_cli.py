@@ -1,6 +1,7 @@
 """The command line: the toy dataset command, exit codes and one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -71,3 +72,53 @@ def test_import_batch_keeps_good_files_lists_failures_and_exits_2(tmp_path):
     for path in (bad_obj, empty, tmp_path / "missing.ply"):
         assert sum(str(path) in line for line in errors) == 1
     assert sorted(p.name for p in out.iterdir()) == ["crate.npz", "index.json", "toy_lamp.npz"]
+
+
+# ---------------------------------------------------------------------------------------------
+# first contact: help, version, help text everywhere, offline HTML
+
+
+def test_a_bare_command_prints_the_help_and_exits_0():
+    r = run_cli()
+    assert r.returncode == 0 and r.stderr == ""
+    assert "usage: compress3d-lite" in r.stdout and "generate" in r.stdout and "the main job" in r.stdout
+    r = run_cli("train")  # a bare group prints its own help
+    assert r.returncode == 0 and "usage: compress3d-lite train" in r.stdout and "diffusion" in r.stdout
+
+
+def test_version():
+    import compress3d_lite
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"compress3d-lite {compress3d_lite.__version__}"
+
+
+def _actions(parser, path):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield " ".join(path), name, helps.get(name)
+                yield from _actions(sub, path + [name])
+        elif not isinstance(action, argparse._HelpAction):
+            yield " ".join(path), "/".join(action.option_strings) or action.dest, action.help
+
+
+def test_every_command_and_option_has_help_text_and_one_main_job():
+    from compress3d_lite.cli import build_parser
+
+    items = list(_actions(build_parser(), ["compress3d-lite"]))
+    assert len(items) > 150
+    missing = [f"{where}: {what}" for where, what, text in items if not text]
+    assert not missing, "no help text: " + ", ".join(missing)
+    main_job = [f"{where} {what}" for where, what, text in items if "main job" in text]
+    assert main_job == ["compress3d-lite generate"]
+
+
+def test_demo_writes_an_html_page_that_works_offline(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--n", "1"]) == 0
+    html = (tmp_path / "demo" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=\"https?://", html)  # nothing fetched from the network
+    assert len(html) > 3_000_000 and "Plotly.newPlot" in html  # plotly.js embedded, figures drawn

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from compress3d_lite.cli import main
+from compress3d_lite.samples import sample_path
 from compress3d_lite.config import UNetConfig, diffusion_preset
 from compress3d_lite.models.triplane_unet import AwareConv, TriplaneUNet, cross_plane_features
 
-ROOT = Path(__file__).resolve().parents[1]
-PNG = ROOT / "data_samples" / "toyshapes" / "images" / "000003_0.png"  # a lamp, RGBA
+PNG = sample_path("toyshapes", "images", "000003_0.png")  # a lamp, RGBA
 
 
 def _unet(seed=0):
@@ -75,7 +75,7 @@ def test_a100_full_unet_is_paper_size():
     cfg, _ = diffusion_preset("a100_full")
     with torch.device("meta"):
         n = sum(p.numel() for p in TriplaneUNet(cfg).parameters())
-    assert abs(n - 864e6) / 864e6 < 0.1  # paper_notes 5: 864M
+    assert abs(n - 864e6) / 864e6 < 0.1  # docs/paper.md §5: 864M
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,16 @@ def test_generate_cli_only_bad_images_writes_nothing(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--steps", "2"]) == 2
     assert "a.png: empty file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_json_records_the_guidance_actually_used(tmp_path, pipe):
+    out = tmp_path / "default"
+    assert main(["generate", str(PNG), "-o", str(out), "--steps", "2", "--res", "32"]) == 0
+    s = json.loads((out / "generate.json").read_text())["settings"]
+    assert (s["guidance_image"], s["guidance_shape"]) == (pipe.default_guidance["image"], pipe.default_guidance["shape"])
+    assert s["guidance_source"] == {"image": "checkpoint default", "shape": "checkpoint default"}
+    out = tmp_path / "given"
+    assert main(["generate", str(PNG), "-o", str(out), "--steps", "2", "--res", "32", "--guidance-shape", "3.5"]) == 0
+    s = json.loads((out / "generate.json").read_text())["settings"]
+    assert (s["guidance_image"], s["guidance_shape"]) == (pipe.default_guidance["image"], 3.5)
+    assert s["guidance_source"] == {"image": "checkpoint default", "shape": "command line"}

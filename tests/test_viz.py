@@ -228,7 +228,8 @@ def test_save_html_is_atomic_and_standalone(tmp_path, monkeypatch):
     assert calls == [path]  # written through the temp-file-and-rename helper
     assert path == tmp_path / "sub" / "points.html"
     text = path.read_text()
-    assert "plotly" in text and 'src="https://cdn.plot.ly' in text
+    # the default works offline: plotly.js is embedded, nothing is fetched from a CDN
+    assert 'src="https://cdn.plot.ly' not in text and len(text) > 1_000_000
     assert sorted(p.name for p in path.parent.iterdir()) == ["points.html"]  # no temp file left
-    inline = viz.save_html(fig, tmp_path / "inline.html", include_plotlyjs="inline").read_text()
-    assert 'src="https://cdn.plot.ly' not in inline and len(inline) > 1_000_000  # plotly.js embedded
+    cdn = viz.save_html(fig, tmp_path / "cdn.html", include_plotlyjs="cdn").read_text()
+    assert 'src="https://cdn.plot.ly' in cdn and len(cdn) < 100_000
