@@ -1,9 +1,9 @@
 """Data throughput: toy objects per second and real-mesh imports per second.
 
     python benchmarks/bench_data.py                 # 200 toy objects on all cores + the sample meshes
-    python benchmarks/bench_data.py --n 400 --workers 2 --import-dir ../shared/eval_assets/meshes
+    python benchmarks/bench_data.py --n 400 --workers 2 --import-dir DIR   # + a folder of your own meshes
 
-Toy generation uses the issue's setting: 4 views at 128x128 (plus 4096 surface points and
+Toy generation uses the training setting: 4 views at 128x128 (plus 4096 surface points and
 16384 occupancy queries per object), written to a temporary folder. Target on 2 cores: >= 20
 objects/s. Prints one JSON line per measurement.
 """

@@ -1,4 +1,4 @@
-"""Image -> mesh speed and memory of the shipped course pipeline (issue 5, item 7).
+"""Image -> mesh speed and memory of the shipped course pipeline.
 
     python benchmarks/bench_generate.py                         # defaults of `compress3d-lite generate`
     python benchmarks/bench_generate.py --steps 50 --res 96 --repeats 5

@@ -1,4 +1,4 @@
-"""Triplane VAE speed: training throughput and FLOP/s utilisation; reconstruct time (issue 3, item 9).
+"""Triplane VAE speed: training throughput and FLOP/s utilisation; reconstruct time.
 
     python benchmarks/bench_vae.py                      # course preset, shipped checkpoint
     python benchmarks/bench_vae.py --steps 20 --preset lite

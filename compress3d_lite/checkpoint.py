@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights + a JSON config, written atomically (DESIGN.md section 6).
+"""Checkpoints: safetensors weights + a JSON config, written atomically (docs/design.md §6).
 
 A checkpoint is a folder:
 

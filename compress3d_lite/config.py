@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 
 FAST_ENV = "C3D_FAST"
-HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (DESIGN.md 2)
+HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (docs/design.md §2)
 
 
 def fast_mode() -> bool:
@@ -51,7 +51,7 @@ def pick_device() -> str:
 
 @dataclass
 class SampleSpec:
-    """How one object is turned into a training example (DESIGN.md section 2)."""
+    """How one object is turned into a training example (docs/design.md §2)."""
 
     n_points: int = 4096  # coloured surface samples per object
     n_uniform: int = 8192  # occupancy queries uniform in [-1, 1]^3
@@ -77,7 +77,7 @@ class SampleSpec:
 
 
 # ----------------------------------------------------------------------------------------
-# stage 1: the triplane VAE (paper_notes section 2; DESIGN.md sections 3-4)
+# stage 1: the triplane VAE (docs/paper.md §2; docs/design.md §3-4)
 
 
 def _from_dict(cls, d: dict, what: str):
@@ -109,7 +109,7 @@ class AEConfig:
     kl_weight: float = 1e-6  # paper: lambda_kl = 1e-6
     color_weight: float = 1.0
     render_loss: bool = False  # the paper's render losses (off: field supervision only)
-    render_weights: tuple = (10.0, 10.0, 0.1)  # rgb, mask, depth (paper_notes 2.8)
+    render_weights: tuple = (10.0, 10.0, 0.1)  # rgb, mask, depth (docs/paper.md §2.8)
     render_rays: int = 256  # random pixels per object per step
     render_samples: int = 48  # samples per ray
     # recompute the plane ResBlocks and the 3D-aware cross-attention in the backward pass instead
@@ -155,15 +155,16 @@ AE_PRESETS = {
     "lite": (AEConfig(point_dim=16, volume_res=16, plane_channels=16, enc_channels=(16, 32), dec_channels=(32, 16),
                       latent_res=8, latent_channels=4, attn_res=8, attn_heads=2, head_hidden=32),
              TrainConfig(steps=200, batch_size=4, n_points=1024, n_occ=2048, n_train=64, log_every=20, ckpt_every=100)),
-    # CPU, under ~40 minutes: the shipped checkpoint. Colour weight 2 (paper: 1) is what meets the
-    # colour-PSNR target at this size without losing the IoU target (README, "Stage 1").
+    # CPU, under ~40 minutes: the shipped checkpoint. Colour weight 2 (our default elsewhere: 1; the paper
+    # has no colour-field loss) meets the colour-PSNR target at this size without losing the IoU target
+    # (docs/stages.md, "Stage 1").
     "course": (AEConfig(color_weight=2.0), TrainConfig()),
     # one T4, hours
     "colab_t4": (AEConfig(point_dim=64, volume_res=64, plane_channels=32, enc_channels=(64, 128), dec_channels=(128, 64),
                           blocks_per_level=2, latent_res=32, latent_channels=16, attn_res=32, head_hidden=128),
                  TrainConfig(steps=50_000, batch_size=16, lr=3e-4, n_points=4096, n_occ=8192, n_train=20_000,
                              mixed_precision="fp16", num_workers=2, ckpt_every=2000, log_every=100)),
-    # paper scale, 8 x A100, bf16 (paper_notes 2.3-2.6, 10: r = 128, latent 3x32x32x32, r'' = 32)
+    # paper scale, 8 x A100, bf16 (docs/paper.md §2.3-2.6, §10: r = 128, latent 3x32x32x32, r'' = 32)
     "a100_full": (AEConfig(point_dim=64, pointnet_blocks=5, volume_res=128, plane_channels=32, enc_channels=(32, 64, 128),
                            dec_channels=(128, 64, 32), blocks_per_level=2, latent_res=32, latent_channels=32,
                            attn_res=32, attn_heads=8, head_hidden=128),
@@ -182,7 +183,7 @@ def ae_preset(name: str) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------
-# stage 2: image and shape embeddings (paper_notes section 3; DESIGN.md section 3.2)
+# stage 2: image and shape embeddings (docs/paper.md §3; docs/design.md §3.2)
 
 
 @dataclass
@@ -218,7 +219,7 @@ IMAGE_TOWERS = {
     # pretrained open_clip (Colab; needs the weights from the Hugging Face hub once)
     "vit_b32": ImageTowerConfig(name="vit_b32", arch="ViT-B-32", pretrained="laion2b_s34b_b79k", embed_dim=512,
                                 image_size=224),
-    # the paper's: OpenShape aligns to OpenCLIP ViT-bigG-14, 1280-d (paper_notes 3)
+    # the paper's: OpenShape aligns to OpenCLIP ViT-bigG-14, 1280-d (docs/paper.md §3)
     "vit_bigg14": ImageTowerConfig(name="vit_bigg14", arch="ViT-bigG-14", pretrained="laion2b_s39b_b160k",
                                    embed_dim=1280, image_size=224),
 }
@@ -283,7 +284,7 @@ class DiffusionConfig:
 
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
-    prediction_type: str = "sample"  # the model predicts x0 (paper_notes 4: "output: the clean e_s")
+    prediction_type: str = "sample"  # the model predicts x0 (docs/paper.md §4: "output: the clean e_s")
     sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"
     sample_steps: int = 25
 
@@ -296,7 +297,7 @@ class DiffusionConfig:
 
 
 # ----------------------------------------------------------------------------------------
-# stage 3: the diffusion prior, image embedding -> shape embedding (paper_notes section 4)
+# stage 3: the diffusion prior, image embedding -> shape embedding (docs/paper.md §4)
 
 
 @dataclass
@@ -308,7 +309,7 @@ class PriorConfig:
     depth: int = 6  # residual blocks (even: the first half's outputs skip to the second half)
     time_dim: int = 128
     cond_drop: float = 0.1  # p of replacing the image embedding by a learned null (for guidance)
-    loss: str = "l1"  # paper_notes 4: L1 on the clean embedding
+    loss: str = "l1"  # docs/paper.md §4: L1 on the clean embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -326,7 +327,7 @@ PRIOR_PRESETS = {
     "colab_t4": (PriorConfig(embed_dim=512, width=768, depth=6, time_dim=256),
                  TrainConfig(steps=100_000, batch_size=512, lr=3e-4, mixed_precision="fp16", ckpt_every=5000,
                              log_every=100)),
-    # paper: 25.8M params, 2 x A100 for 18 h (paper_notes 4)
+    # paper: 25.8M params, 2 x A100 for 18 h (docs/paper.md §4)
     "a100_full": (PriorConfig(embed_dim=1280, width=1024, depth=6, time_dim=320),
                   TrainConfig(steps=300_000, batch_size=1024, lr=1e-4, mixed_precision="bf16", ckpt_every=10_000,
                               log_every=100)),
@@ -343,7 +344,7 @@ def prior_preset(name: str) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------
-# stage 4: the triplane latent diffusion (paper_notes section 5)
+# stage 4: the triplane latent diffusion (docs/paper.md §5)
 
 
 @dataclass
@@ -359,7 +360,7 @@ class UNetConfig:
     heads: int = 4
     embed_dim: int = 256  # = the towers' embed_dim
     time_dim: int = 64
-    cond_drop: float = 0.05  # p of dropping each condition independently (paper_notes 5)
+    cond_drop: float = 0.05  # p of dropping each condition independently (docs/paper.md §5)
     # recompute ResBlocks / cross-attention in backward (training only): 3x less activation memory
     # for ~1/3 more compute. Off in every preset: a100_full needs ~22 GiB per GPU without it
     # (train diffusion --preset a100_full --dry-run); turn it on for smaller GPUs or larger batches.
@@ -382,7 +383,7 @@ DIFFUSION_PRESETS = {
                             attn_levels=(1, 2), heads=8, embed_dim=512, time_dim=256),
                  TrainConfig(steps=200_000, batch_size=32, lr=1e-4, mixed_precision="fp16", ckpt_every=5000,
                              log_every=100)),
-    # paper: 864M params, 8 x A100 for 4 days (paper_notes 5)
+    # paper: 864M params, 8 x A100 for 4 days (docs/paper.md §5)
     "a100_full": (UNetConfig(latent_channels=32, latent_res=32, channels=(320, 640, 960, 1152), blocks_per_level=2,
                              attn_levels=(1, 2, 3), heads=16, embed_dim=1280, time_dim=512),
                   TrainConfig(steps=500_000, batch_size=32, lr=1e-4, mixed_precision="bf16", ckpt_every=5000,

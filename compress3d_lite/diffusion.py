@@ -3,7 +3,7 @@ diffusion prior (stage 3) and the triplane diffusion (stage 4).
 
 Forward process (DDPM): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I), with the
 cosine schedule (``squaredcos_cap_v2``) over T = 1000 steps. Both of our models predict x_0
-("sample" parametrisation; the paper's prior does, paper_notes 4), and are trained with
+("sample" parametrisation; the paper's prior does, docs/paper.md §4), and are trained with
 
     L = E_{x_0, t, eps} || f(x_t, t, cond) - x_0 ||_1            (or squared, ``loss="l2"``).
 

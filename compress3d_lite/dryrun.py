@@ -1,12 +1,12 @@
 """Dry runs of the four training stages at any preset: what a run at that scale costs, then one
-real optimiser step on random data, in a minute or two on a CPU (paper_notes 4, 5, 6, 10).
+real optimiser step on random data, in a minute or two on a CPU (docs/paper.md §4, §5, §6, §10).
 
     compress3d-lite train diffusion --preset a100_full --dry-run [--json dry.json]
 
 What it reports, per stage and preset (all of it in ``dry_run(stage, preset) -> dict``):
 
   parameters   total and trainable, per sub-module, beside the paper's count where it gives one
-               (prior 25.8M, UNet 864M; paper_notes 4, 5)
+               (prior 25.8M, UNet 864M; docs/paper.md §4, §5)
   memory       per GPU, at the preset's per-GPU batch and mixed precision: fp32 weights + fp32
                gradients + AdamW's two fp32 moments + activations. Activations are measured: one
                forward at batch 1 under ``torch.autograd.graph.saved_tensors_hooks`` sums the bytes
@@ -48,14 +48,14 @@ T4_FP16 = 65e12  # FLOP/s, dense fp16 tensor cores
 UTILISATION = 0.35  # assumed fraction of peak reached by a training step
 A100_BYTES, T4_BYTES = 2.0e12, 320e9  # memory bandwidth, B/s (A100 80GB SXM, T4)
 BIG_TOWER = 1e9  # image towers above this many parameters stay on the meta device
-PAPER = {  # paper_notes 4, 5, 6: parameters and training compute of each stage
+PAPER = {  # docs/paper.md §4, §5, §6: parameters and training compute of each stage
     "ae": {"params": None, "gpus": 8, "hours": 6 * 24, "compute": "8 x A100, 6 days"},
     "embed": {"params": None, "gpus": None, "hours": None, "compute": "OpenShape's towers (not trained by the paper)"},
     "prior": {"params": 25.8e6, "gpus": 2, "hours": 18, "compute": "2 x A100, 18 h"},
     "diffusion": {"params": 864e6, "gpus": 8, "hours": 4 * 24, "compute": "8 x A100, 4 days"},
 }
 GPUS = {"a100_full": {"ae": 8, "embed": 8, "prior": 2, "diffusion": 8}, "colab_t4": 1}  # what each preset is for
-PAPER_OBJECTS, VIEWS = 95_000, 8  # objects to embed at a100_full (paper_notes 6) and views per object
+PAPER_OBJECTS, VIEWS = 95_000, 8  # objects to embed at a100_full (docs/paper.md §6) and views per object
 
 
 # ------------------------------------------------------------------------------------------ measuring

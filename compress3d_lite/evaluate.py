@@ -1,4 +1,4 @@
-"""Evaluate a triplane VAE on held-out toy objects (issue 3, item 6).
+"""Evaluate a triplane VAE on held-out toy objects.
 
     compress3d-lite evaluate ae --ckpt data_samples/checkpoints/vae_course --split test --json eval.json
 
@@ -18,7 +18,7 @@ Per object (all in the [-1, 1] data frame; metric definitions in metrics.py):
                   other parts are excluded)
     colour PSNR   the colour head at those 30,000 ground-truth surface points vs their true colours
 
-Targets for the shipped course checkpoint (issue 3): IoU >= 0.90, Chamfer-L1 <= 0.02, PSNR >= 22 dB.
+Our targets for the shipped course checkpoint: IoU >= 0.90, Chamfer-L1 <= 0.02, PSNR >= 22 dB.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def summarize(rows: list) -> dict:
 
 
 def check_targets(mean: dict) -> dict:
-    """{metric: {"target": ">= 0.9", "value": mean, "pass": bool}} for the issue's targets."""
+    """{metric: {"target": ">= 0.9", "value": mean, "pass": bool}} for our targets (``TARGETS``)."""
     out = {}
     for m, (op, bound) in TARGETS.items():
         v = mean.get(m)

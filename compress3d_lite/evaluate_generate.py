@@ -1,4 +1,4 @@
-"""Evaluate image -> 3D generation on held-out toy objects (issue 5, item 6).
+"""Evaluate image -> 3D generation on held-out toy objects.
 
     compress3d-lite evaluate generate --split test --json gen.json
 
@@ -18,7 +18,7 @@ seed), and we measure, in the [-1, 1] data frame:
                   image tower, cosine to the input's embedding (a CLIP-similarity analogue; the
                   report names the tower: offline it is the toy tower, not OpenAI/LAION CLIP)
 
-Targets (issue 5): median IoU >= 0.6, category accuracy >= 0.85, with-prior better than without.
+Our targets: median IoU >= 0.6, category accuracy >= 0.85, with-prior better than without.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's generation metrics on rendered views: FID and CLIP similarity (paper_notes 8.1-8.2).
+"""The paper's generation metrics on rendered views: FID and CLIP similarity (docs/paper.md §8.1-8.2).
 
     feature, name = fid_features("auto", tower)           # Inception-v3 if its weights are here
     fid(real_views, generated_views, feature)              # torchmetrics' FrechetInceptionDistance
@@ -9,7 +9,7 @@ FID (Heusel et al. 2017) fits a Gaussian to the features of each image set and m
     FID = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))
 
 so a set against itself is 0 and any shift of the distribution raises it. The paper does not say
-which features it used (paper_notes 8.1). The standard is Inception-v3 pool3 (2048-d, the
+which features it used (docs/paper.md §8.1). The standard is Inception-v3 pool3 (2048-d, the
 torch-fidelity weights); when those are not available (offline, no ``torch-fidelity``), we use a
 named open_clip image tower's embedding instead ("CLIP-FID", Kynkaanniemi et al. 2023). The two
 scales are NOT comparable, and FID of small sets is biased upwards (its floor at n images is

@@ -1,4 +1,4 @@
-"""Field -> mesh: dense decode on a grid, marching cubes, vertex colours, GLB/PLY/OBJ (issue 3, item 5).
+"""Field -> mesh: dense decode on a grid, marching cubes, vertex colours, GLB/PLY/OBJ.
 
 The VAE decodes a latent to a triplane, and the triplane is a *field*: occupancy logits and
 colours at any point of [-1, 1]^3 (``model.query``). A mesh is the level set logit = 0 (p = 0.5):
@@ -11,8 +11,8 @@ colours at any point of [-1, 1]^3 (``model.query``). A mesh is the level set log
     4. save_mesh         .glb (vertex colours as COLOR_0), .ply, .obj; written atomically
 
 The paper extracts its meshes with FlexiCubes (dual marching cubes, grid ~90) from a decoded SDF
-(paper_notes 2.7, 7); with field supervision we have occupancy, and marching cubes on the logits
-is the classic choice (Occupancy Networks). Our colours are sRGB display values (DESIGN.md 2); glTF stores vertex
+(docs/paper.md §2.7, §7); with field supervision we have occupancy, and marching cubes on the logits
+is the classic choice (Occupancy Networks). Our colours are sRGB display values (docs/design.md §2); glTF stores vertex
 colours in linear space, so GLB colours are converted on the way out (and ``data.mesh_import``
 converts them back on the way in).
 

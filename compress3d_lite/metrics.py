@@ -1,9 +1,9 @@
-"""Reconstruction metrics: volumetric IoU, Chamfer-L1, F-score@0.02, colour PSNR (issue 3, item 5).
+"""Reconstruction metrics: volumetric IoU, Chamfer-L1, F-score@0.02, colour PSNR.
 
-The paper reports its autoencoder through render losses only (paper_notes 8.3: L_rgb, L_mask,
+The paper reports its autoencoder through render losses only (docs/paper.md §8.3: L_rgb, L_mask,
 L_depth) and gives no Chamfer/F-score numbers (8.7), so these are the usual field-reconstruction
 metrics of the occupancy-network literature, all measured in the [-1, 1]^3 data frame
-(DESIGN.md section 2: objects fit in [-0.9, 0.9]^3, so the longest side is 1.8):
+(docs/design.md §2: objects fit in [-0.9, 0.9]^3, so the longest side is 1.8):
 
     volumetric IoU   |pred & gt| / |pred | gt| over occupancy at the same query points
     Chamfer-L1       0.5 * (mean_a min_b ||a - b||_2 + mean_b min_a ||b - a||_2)

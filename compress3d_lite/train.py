@@ -109,7 +109,7 @@ def prepare_data(data: str | None, out: Path, tcfg: TrainConfig, accelerator, vi
 
 
 def compute_latent_stats(model, dataset, n: int, device) -> dict:
-    """Per-channel mean/std of the posterior means over ``n`` objects (DESIGN.md section 3)."""
+    """Per-channel mean/std of the posterior means over ``n`` objects (docs/design.md §3)."""
     mus = []
     with torch.no_grad():
         for i in range(min(n, len(dataset))):
@@ -276,8 +276,7 @@ def _data_config(folder, dataset) -> dict:
 
 
 def ae_step(mcfg):
-    """The VAE's training step ``(model, batch) -> (loss, logs)`` for an AEConfig (paper_notes 2.6,
-    2.8): field losses + KL, plus the render losses when ``mcfg.render_loss``. batch: points,
+    """The VAE's training step ``(model, batch) -> (loss, logs)`` for an AEConfig (docs/paper.md §2.6, §2.8): field losses + KL, plus the render losses when ``mcfg.render_loss``. batch: points,
     colors (B, N, 3), occ_points (B, M, 3), occ_labels (B, M) (and the views for render losses)."""
     def step_fn(model, batch):
         views = tuple(batch[k] for k in ("images", "depths", "cam2world", "intrinsics")) if mcfg.render_loss else None
@@ -381,13 +380,13 @@ def embed_step(model, batch):
 def train_embed(preset: str, out, data: str | None = None, resume: bool = False, image_tower: str | None = None,
                 train_overrides: dict | None = None, half: bool = False, progress: bool = True,
                 stop_after: int | None = None) -> dict:
-    """Align a shape tower to an image tower with InfoNCE (paper_notes 3; OpenShape's recipe).
+    """Align a shape tower to an image tower with InfoNCE (docs/paper.md §3; OpenShape's recipe).
 
     Presets with a pretrained tower (``colab_t4``, ``a100_full``) freeze it and train the shape
     tower only: the tower embeds every view once (cached in ``out/image_embeddings.safetensors``)
     and is then dropped. ``lite`` and ``course`` train a small open_clip ViT from scratch jointly
     with the shape tower on toy renders (offline). Writes ``out/shape_tower`` and, for a tower
-    trained here, ``out/image_tower``; each records the identity of the image tower (DESIGN.md 6)."""
+    trained here, ``out/image_tower``; each records the identity of the image tower (docs/design.md §6)."""
     from .config import IMAGE_TOWERS, embed_preset
     from .embed import embed_folder
     from .data.dataset import ObjectDataset
@@ -513,7 +512,7 @@ class PriorObjective(torch.nn.Module):
 def train_prior(preset: str, out, embed: str, data: str | None = None, resume: bool = False,
                 train_overrides: dict | None = None, half: bool = False, progress: bool = True,
                 stop_after: int | None = None) -> dict:
-    """Train the diffusion prior e_i -> e_s (paper_notes 4) on embeddings of a data set made by
+    """Train the diffusion prior e_i -> e_s (docs/paper.md §4) on embeddings of a data set made by
     the towers in ``embed`` (a ``train embed`` output folder). The embeddings are computed once
     and cached in ``out/embeddings.safetensors``. Writes ``out/prior``."""
     from .checkpoint import load_towers
@@ -623,7 +622,7 @@ def encode_latents(vae, folder, n_points: int, device, progress: bool = True) ->
 def train_diffusion(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
                     train_overrides: dict | None = None, half: bool = False, progress: bool = True,
                     stop_after: int | None = None, overrides: dict | None = None) -> dict:
-    """Train the triplane UNet (paper_notes 5) on normalised VAE latents of a data set, conditioned
+    """Train the triplane UNet (docs/paper.md §5) on normalised VAE latents of a data set, conditioned
     on the towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``,
     whose config records the VAE, the image tower and the shape tower it belongs to."""

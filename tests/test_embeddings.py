@@ -171,7 +171,7 @@ def test_a100_full_prior_is_paper_size():
 
     pcfg, _ = prior_preset("a100_full")
     n = sum(p.numel() for p in DiffusionPrior(pcfg, DiffusionConfig()).parameters())
-    assert abs(n - 25.8e6) / 25.8e6 < 0.1  # paper_notes 4: 25.8M
+    assert abs(n - 25.8e6) / 25.8e6 < 0.1  # docs/paper.md §4: 25.8M
 
 
 # ------------------------------------------------------------------------------------------ training

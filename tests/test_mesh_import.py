@@ -25,7 +25,7 @@ from compress3d_lite.data.toyshapes import make_toy_object
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_ASSETS = ROOT.parent / "shared" / "eval_assets"
-EVAL_MESHES = {  # asset folder -> file to import (all 14 of SOURCES.md)
+EVAL_MESHES = {  # asset folder -> file to import (all 14 third-party meshes)
     "duck": "Duck.glb", "fox": "Fox.glb", "cesium_milk_truck": "CesiumMilkTruck.glb",
     "box_textured": "BoxTextured.glb", "spot_cow_obj": "cow.obj", "spot_cow_glb": "cow.glb",
     "fuze_obj": "fuze.obj", "avocado_obj": "avocado.obj", "armchair_gltf": "armchair.gltf",

@@ -1,6 +1,6 @@
 """Data: toy shapes, coloured point + occupancy sampling, renderer, real-mesh import, datasets.
 
-Knows nothing of models or training (DESIGN.md section 1).
+Knows nothing of models or training (docs/design.md §1).
 """
 
 from .io import DataFormatError, load_object, read_index, save_object  # noqa: F401

@@ -1,6 +1,6 @@
 """The on-disk format: one ``.npz`` per object, written atomically and byte-for-byte reproducibly.
 
-Keys (README "Data format" has the full table):
+Keys (docs/data.md, "On-disk format", has the full table):
 
     points       (N, 3)       float32  surface samples, data frame ([-0.9, 0.9]^3 box)
     colors       (N, 3)       float32  rgb in [0, 1] of each surface sample

@@ -1,8 +1,9 @@
-"""Real-mesh import: GLB / glTF / OBJ(+MTL) / PLY files -> training examples (DESIGN.md section 2).
+"""Real-mesh import: GLB / glTF / OBJ(+MTL) / PLY files -> training examples (docs/design.md §2).
 
-Real files break naive code (eval_assets/SOURCES.md), so this module never flattens a scene
-with ``scene.dump(concatenate=True)`` and never calls trimesh's ``sample_surface(sample_color=
-True)``. Instead it walks the scene graph and turns every (node, geometry) pair into one part of
+Real files break naive code (PBR materials without textures, parts without UVs, multi-part
+scenes, open sheets, wildly different scales; docs/design.md §2), so this module never flattens
+a scene with ``scene.dump(concatenate=True)`` and never calls trimesh's ``sample_surface(
+sample_color=True)``. Instead it walks the scene graph and turns every (node, geometry) pair into one part of
 a ``surface.ColoredMesh`` with its own colour source, picked by three branches:
 
     texture + UVs         -> TextureColor   glTF baseColorTexture x baseColorFactor, MTL map_Kd

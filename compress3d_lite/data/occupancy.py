@@ -1,7 +1,7 @@
 """Inside/outside labels for real meshes that are not watertight: the visibility test.
 
 Ray parity (trimesh ``mesh.contains``) and winding numbers need a closed, consistently oriented
-surface. Almost no real mesh is one as loaded (eval_assets/SOURCES.md, finding 3): UV seams
+surface. Almost no real mesh is one as loaded (13 of the 14 third-party meshes we test on): UV seams
 split vertices, glass panes are single open sheets, game assets overlap parts and keep internal
 faces (the Kenney cake). On such meshes parity flips at random and fills or empties whole
 parts.

@@ -1,9 +1,9 @@
-"""From a coloured mesh to one training example (DESIGN.md section 2, the data contract).
+"""From a coloured mesh to one training example (docs/design.md §2, the data contract).
 
 One example holds
 
 * ``points`` (N, 3) / ``colors`` (N, 3): area-uniform coloured surface samples, the VAE's
-  input point cloud (paper_notes 2.1: a coloured point cloud, N x 6);
+  input point cloud (docs/paper.md §2.1: a coloured point cloud, N x 6);
 * ``occ_points`` (M, 3) / ``occ_labels`` (M,): occupancy queries, uniform in [-1, 1]^3 and near
   the surface (the surface samples plus gaussian offsets at two scales), with labels from an
   exact or robust inside test;

@@ -11,7 +11,8 @@ rendering share one colour path:
     TextureColor    a UV per face corner, looked up in an image and multiplied by a factor
 
 Sources never share an atlas, so a scene with many textured parts never builds the huge packed
-texture that ``trimesh.util.concatenate`` makes (eval_assets/SOURCES.md, finding 2).
+texture that ``trimesh.util.concatenate`` makes (an 8192 x 4096 RGBA atlas, about 128 MB, for a
+glTF truck of four textured parts).
 """
 
 from __future__ import annotations

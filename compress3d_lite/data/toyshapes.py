@@ -9,7 +9,7 @@ part. One object is fully determined by ``(seed, index)``, whatever the number o
     obj.category, obj.part_names, obj.contains(points), obj.colored_mesh()
 
 The recipes put y up, like glTF. After building, every object is centred and scaled so that
-its bounding box fits in [-0.9, 0.9]^3 (DESIGN.md section 2); ``obj.transform`` is that map.
+its bounding box fits in [-0.9, 0.9]^3 (docs/design.md §2); ``obj.transform`` is that map.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The triplane VAE (paper_notes section 2): coloured points -> compact latent triplane -> fields.
+"""The triplane VAE (docs/paper.md §2): coloured points -> compact latent triplane -> fields.
 
     encode:  points, colours -> LocalPoolPointNet -> splat into V^n (r^3) -> three r x r planes
              -> per-plane ResBlocks + downsampling -> r' x r' planes -> 3D-aware cross-attention
@@ -7,7 +7,7 @@
     query:   triplane features at points -> MLP heads -> occupancy logit, rgb
 
 The three planes share the plane CNN weights (a learned per-plane embedding tells them apart).
-Loss (field supervision, DESIGN.md 3): BCE on occupancy queries + L1 on surface colours +
+Loss (field supervision, docs/design.md §3): BCE on occupancy queries + L1 on surface colours +
 kl_weight * KL(q(z) || N(0, 1)) with kl_weight = 1e-6 as in the paper.
 
 ``cfg.grad_checkpoint`` recomputes the plane ResBlocks and the 3D-aware cross-attention in the

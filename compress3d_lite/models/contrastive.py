@@ -1,5 +1,5 @@
 """Contrastive alignment of two embedding spaces: symmetric InfoNCE with a learnable temperature
-(CLIP; OpenShape's shape-image term, paper_notes 3).
+(CLIP; OpenShape's shape-image term, docs/paper.md §3).
 
 For a batch of B matched pairs (a_k, b_k) of unit vectors, logits = exp(s) * a @ b.T and
 

@@ -1,4 +1,4 @@
-"""The image tower: an open_clip image encoder -> unit-norm image embedding e_i (paper_notes 3).
+"""The image tower: an open_clip image encoder -> unit-norm image embedding e_i (docs/paper.md §3).
 
 The paper uses OpenShape's space, i.e. OpenCLIP ViT-bigG-14 (1280-d). Three ways to get a tower:
 
@@ -125,7 +125,7 @@ class ImageTower(nn.Module):
         return (x - self.mean) / self.std
 
     def identity(self) -> dict:
-        """What a shape tower or prior records about the tower it belongs to (DESIGN.md 6)."""
+        """What a shape tower or prior records about the tower it belongs to (docs/design.md §6)."""
         if self.cfg.pretrained:
             return {"name": self.cfg.name, "arch": self.cfg.arch, "pretrained": self.cfg.pretrained,
                     "embed_dim": self.cfg.embed_dim}

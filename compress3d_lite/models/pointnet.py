@@ -1,4 +1,4 @@
-"""Local-pool PointNet with positional encoding (paper_notes 2.2; ConvONet's LocalPoolPointnet).
+"""Local-pool PointNet with positional encoding (docs/paper.md §2.2; ConvONet's LocalPoolPointnet).
 
 Each coloured point (xyz + rgb) is lifted to a feature vector by a stack of point-wise MLP
 blocks. Between blocks, features are max-pooled over the points that fall in the same cell of a

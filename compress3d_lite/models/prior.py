@@ -1,4 +1,4 @@
-"""The diffusion prior: image embedding -> shape embedding (paper_notes 4).
+"""The diffusion prior: image embedding -> shape embedding (docs/paper.md §4).
 
 A residual MLP with long skip connections that predicts the clean shape embedding from the noisy
 one, the timestep and the image embedding (x0-prediction, L1 loss; diffusion.py):

@@ -1,6 +1,6 @@
 """The shape tower: coloured points -> unit-norm shape embedding e_s in the image tower's space.
 
-OpenShape (paper_notes 3) aligns a PointBERT over 10k xyz+rgb points to OpenCLIP's image space
+OpenShape (docs/paper.md §3) aligns a PointBERT over 10k xyz+rgb points to OpenCLIP's image space
 with a contrastive loss; the embedding it produces is the paper's shape embedding. We use the
 same recipe with a smaller backbone: the local-pool PointNet of the VAE encoder, then a global
 max + mean pool and an MLP head.

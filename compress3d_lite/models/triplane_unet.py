@@ -1,4 +1,4 @@
-"""The triplane diffusion UNet (paper_notes 5): denoises the VAE's latent triplane, conditioned on
+"""The triplane diffusion UNet (docs/paper.md §5): denoises the VAE's latent triplane, conditioned on
 the image embedding e_i and the shape embedding e_s.
 
 The three latent planes (B, 3, c', r', r') (order xy, xz, yz; triplane.py) go through one 2D UNet
@@ -187,7 +187,7 @@ class TriplaneUNet(nn.Module):
 
     def guided(self, x, t, e_i, e_s, guidance_image: float = 5.0, guidance_shape: float = 1.0,
                use_shape: bool = True):
-        """Dual classifier-free guidance (paper_notes 5: two scales, best s_image = 5, s_shape = 1):
+        """Dual classifier-free guidance (docs/paper.md §5: two scales, best s_image = 5, s_shape = 1):
 
             f~ = f(0, 0) + s_i * (f(i, 0) - f(0, 0)) + s_s * (f(i, s) - f(i, 0))
 

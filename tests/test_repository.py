@@ -1,0 +1,142 @@
+"""The repository stands alone: every citation and link points at something it holds, every
+notebook carries the same Colab setup cell, and the package ships what its callers look for."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SECTION = r"§[0-9]+(?:\.[0-9]+)*(?:-[0-9]+(?:\.[0-9]+)*)?"
+CITATION = re.compile(rf"docs/(paper|design)\.md ({SECTION}(?:, {SECTION})*)")
+
+
+def tracked(*suffixes) -> list[Path]:
+    """The repository's own text files (git ls-files), by suffix."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [ROOT / f for f in out.split() if f.endswith(suffixes) and (ROOT / f).is_file()]
+
+
+def texts(*suffixes) -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(errors="ignore") for p in tracked(*suffixes)}
+
+
+def headings(doc: Path) -> set[str]:
+    """Section numbers of a markdown file: '## 2. Title' -> '2', '### 2.5 Title' -> '2.5'."""
+    return {m.group(1) for m in re.finditer(r"^#{2,4} ([0-9]+(?:\.[0-9]+)*)\.? ", doc.read_text(), re.M)}
+
+
+def section_numbers(text: str):
+    """('paper', '2.5') for each section a citation names; a range 8.2-8.6 names both ends."""
+    for m in CITATION.finditer(text):
+        for item in m.group(2).split(", "):
+            for number in item.lstrip("§").split("-"):
+                yield m.group(1), number
+
+
+def test_the_citation_pattern_finds_sections_and_ranges():
+    text = "see docs/paper.md §2.5 and docs/design.md §6.1, and docs/paper.md §4, §8.2-8.6."
+    assert list(section_numbers(text)) == [("paper", "2.5"), ("design", "6.1"), ("paper", "4"),
+                                           ("paper", "8.2"), ("paper", "8.6")]
+
+
+def test_every_citation_points_at_a_section_that_exists():
+    sections = {name: headings(ROOT / "docs" / f"{name}.md") for name in ("paper", "design")}
+    assert {"2.5", "8.3", "10"} <= sections["paper"] and {"2", "6.1"} <= sections["design"]
+    bad, n = [], 0
+    for path, text in texts(".py", ".md", ".ipynb", ".toml", ".sh").items():
+        for name, number in section_numbers(text):
+            n += 1
+            if number not in sections[name]:
+                bad.append(f"{path}: docs/{name}.md §{number}")
+    assert n > 50  # the code, notebooks and README do cite the docs
+    assert not bad, "citations of sections that do not exist:\n" + "\n".join(bad)
+
+
+def test_no_file_cites_notes_outside_the_repository_or_speaks_of_issues():
+    bad = []
+    for path, text in texts(".py", ".md", ".ipynb", ".toml", ".yml", ".sh", ".txt").items():
+        for pattern in (r"paper_notes", r"\bDESIGN\.md", r"\b[Ii]ssues? [0-9]+\b", r"the issue's", r"\(issue\b",
+                        r"SOURCES\.md"):
+            for m in re.finditer(pattern, text):
+                bad.append(f"{path}: {text[max(0, m.start() - 30):m.end() + 10]!r}")
+        if not path.startswith("tests/") and re.search(r"\.\./shared|shared/eval_assets", text):
+            bad.append(f"{path}: points at ../shared, which users never have")
+    assert not bad, "\n".join(bad)
+
+
+def test_relative_links_in_markdown_and_notebooks_resolve():
+    bad = []
+    files = {**texts(".md"), **texts(".ipynb")}
+    for path, text in files.items():
+        if path.endswith(".ipynb"):  # links live in markdown cells
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "markdown")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:|#", target):
+                continue
+            if not (ROOT / path).parent.joinpath(target.split("#")[0]).resolve().exists():
+                bad.append(f"{path}: ({target})")
+    assert not bad, "links to files that do not exist:\n" + "\n".join(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# notebooks: one Colab setup cell, the same everywhere
+
+
+def _nb(path):
+    return json.loads(path.read_text())
+
+
+def _setup_cell(nb) -> str:
+    return "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
+
+
+def test_every_notebook_carries_the_same_setup_cell_and_asks_colab_for_a_gpu():
+    assert len(NOTEBOOKS) == 10
+    cells = {p.name: _setup_cell(_nb(p)) for p in NOTEBOOKS}
+    first = cells[NOTEBOOKS[0].name]
+    assert all(cell == first for cell in cells.values()), \
+        f"setup cells differ: {[n for n, c in cells.items() if c != first]}"
+    assert len(re.findall(r"^REPO_URL = \"https://github\.com/[^\"]+\"$", first, re.M)) == 1  # one line to edit
+    assert "google.colab" in first and "raise RuntimeError" in first and "raise ImportError" in first
+    assert "NBVAL_SKIP" not in first  # it runs (as an install check) under nbval too
+    for p in NOTEBOOKS:
+        meta = _nb(p)["metadata"]
+        assert meta.get("accelerator") == "GPU" and meta.get("colab", {}).get("gpuType"), p.name
+
+
+def test_colab_badges_open_the_notebook_they_sit_in():
+    for p in NOTEBOOKS:
+        first = "".join(_nb(p)["cells"][0]["source"])
+        assert re.search(rf"colab\.research\.google\.com/github/[^)]+/blob/main/notebooks/{re.escape(p.name)}\)", first), p.name
+
+
+def test_the_setup_cell_fails_loudly_when_the_package_is_missing(tmp_path):
+    """Outside Colab, without compress3d_lite importable, the cell raises a message saying what to do."""
+    import sys
+
+    code = _setup_cell(_nb(NOTEBOOKS[0]))
+    script = tmp_path / "cell.py"
+    script.write_text("import sys\nsys.modules['compress3d_lite'] = None\n"  # hide the installed package
+                      "import importlib.util\nimportlib.util.find_spec = lambda name, *a: None\n" + code)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "ImportError: compress3d_lite is not installed" in r.stderr and "pip install -e" in r.stderr
+
+
+def test_notebooks_are_committed_without_outputs():
+    for p in NOTEBOOKS:
+        dirty = [i for i, c in enumerate(_nb(p)["cells"]) if c["cell_type"] == "code"
+                 and (c.get("outputs") or c.get("execution_count"))]
+        assert not dirty, f"{p.name}: cells {dirty} carry outputs"
+
+
+def test_notebooks_find_shipped_files_through_the_package_not_relative_paths():
+    for p in NOTEBOOKS:
+        code = "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
+        assert not re.search(r"[\"']\.\./|data_samples/|sys\.path\.insert", code), p.name
