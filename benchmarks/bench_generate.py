@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress3d_lite.pipeline import Compress3DPipeline  # noqa: E402
+from compress3d_lite.samples import sample_path  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", default="course")
-    p.add_argument("--image", default=str(ROOT / "data_samples/toyshapes/images/000003_0.png"))
+    p.add_argument("--image", default=str(sample_path("toyshapes", "images", "000003_0.png")))
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)

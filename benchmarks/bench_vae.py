@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from compress3d_lite.config import SampleSpec, ae_preset  # noqa: E402
 from compress3d_lite.data.toyshapes import make_toy_object, object_rng, toy_example  # noqa: E402
+from compress3d_lite.samples import shipped_checkpoint  # noqa: E402
 
 
 def matmul_flops(n=2048, repeats=8):
@@ -142,7 +143,7 @@ def main():
     p.add_argument("--preset", default="course")
     p.add_argument("--steps", type=int, default=10, help="timed training steps (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--ckpt", default=str(ROOT / "data_samples" / "checkpoints" / "vae_course"))
+    p.add_argument("--ckpt", default=str(shipped_checkpoint("vae_course")))
     p.add_argument("--repeats", type=int, default=5, help="timed reconstructions per resolution")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice, all cores)")

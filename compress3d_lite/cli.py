@@ -329,8 +329,7 @@ def cmd_demo(args):
         obj = load_object(out / "toyshapes" / e["file"])
         figures.append((f"toy {e['category']}", obj))
     sample = sample_path("meshes", "toy_lamp.glb")
-    if sample.exists():
-        figures.append((f"imported {sample.name}", import_mesh(sample, spec, seed=args.seed)))
+    figures.append((f"imported {sample.name}", import_mesh(sample, spec, seed=args.seed)))
     page = viz.save_html([f for title, obj in figures for f in _object_figures(obj, title)],
                          out / "index.html", title="compress3d_lite demo")
     print(f"wrote {page}: open it in a browser (it works offline) to explore {len(figures)} objects "
@@ -351,14 +350,14 @@ def cmd_reconstruct(args):
 
 def cmd_evaluate(args):
     from .evaluate import evaluate_ae, format_table, write_report
-    from .reconstruct import DEFAULT_CKPT
     from .samples import shipped_checkpoint
 
     if args.n < 1 or args.res < 8:
         raise CLIError("--n must be >= 1 and --res >= 8")
     if args.json and Path(args.json).is_dir():
         raise CLIError(f"{args.json}: is a directory, not a .json file")
-    report = evaluate_ae(args.ckpt or shipped_checkpoint(DEFAULT_CKPT), split=args.split, n=args.n, res=args.res, preset=args.preset)
+    report = evaluate_ae(args.ckpt or shipped_checkpoint("vae_course"), split=args.split, n=args.n, res=args.res,
+                         preset=args.preset)
     print(f"evaluate ae: {report['checkpoint']} (preset {report['config']['preset']}, step "
           f"{report['config']['step']}), split {args.split} (seed {report['seed']}), {args.n} objects, "
           f"grid {args.res}^3, {report['timing']['total_seconds']:.0f} s")
