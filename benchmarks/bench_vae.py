@@ -33,9 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compress3d_lite.config import SampleSpec, ae_preset  # noqa: E402
+from compress3d_lite.config import SampleSpec  # noqa: E402
 from compress3d_lite.data.toyshapes import make_toy_object, object_rng, toy_example  # noqa: E402
 from compress3d_lite.samples import shipped_checkpoint  # noqa: E402
+from compress3d_lite.stages.vae import vae_preset  # noqa: E402
 
 
 def matmul_flops(n=2048, repeats=8):
@@ -63,7 +64,8 @@ def bench_train(preset, steps, warmup):
 
     from compress3d_lite.models import TriplaneVAE
 
-    mcfg, tcfg = ae_preset(preset)
+    p = vae_preset(preset)
+    mcfg, tcfg = p.model, p.train
     torch.manual_seed(0)
     model = TriplaneVAE(mcfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
@@ -99,8 +101,8 @@ def bench_train(preset, steps, warmup):
 
 
 def bench_reconstruct(ckpt, resolutions, repeats):
-    from compress3d_lite.checkpoint import load_vae
     from compress3d_lite.mesh import decode_grid, decode_grid_adaptive, extract_mesh
+    from compress3d_lite.stages.vae import load_vae
 
     model, cfg = load_vae(ckpt)
     n_points = cfg["train"]["n_points"]

@@ -1,5 +1,9 @@
 """Checkpoints: safetensors weights + a JSON config, written atomically (docs/design.md §6).
 
+The generic part: writing a folder, reading its config and weights, building a module from them.
+Each stage's loader (``load_vae``, ``load_towers``, ``load_prior``, ``load_unet``) lives in its
+stage module (``compress3d_lite/stages/``) and checks what belongs together.
+
 A checkpoint is a folder:
 
     model.safetensors   weights (fp32 while training; the shipped ones are fp16)
@@ -20,7 +24,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 FORMAT = "compress3d_lite/ckpt-v1"
@@ -89,46 +92,10 @@ def read_weights(path) -> dict:
         raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
 
 
-def load_vae(path, device="cpu", preset: str | None = None):
-    """(TriplaneVAE in eval mode, config dict) from a checkpoint folder.
-
-    ``preset`` (optional) must match the checkpoint's preset; any mismatch is a CheckpointError.
-    """
-    from .config import AEConfig
-    from .models import TriplaneVAE
-
-    cfg = read_config(path)
-    if cfg.get("kind") != "triplane_vae":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a triplane VAE")
-    if preset is not None and cfg.get("preset") != preset:
-        raise CheckpointError(f"{path}: made with preset {cfg.get('preset')!r}, not {preset!r}")
-    try:
-        model = TriplaneVAE(AEConfig.from_dict(cfg["model"]))
-    except (KeyError, TypeError, ValueError, AssertionError) as e:
-        raise CheckpointError(f"{path}: bad model config ({e})") from None
-    weights = read_weights(path)
-    try:
-        model.load_state_dict({k: v.float() for k, v in weights.items()})
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the model in config.json ({first})") from None
-    return model.to(device).eval(), cfg
-
-
-def latent_stats(cfg: dict, device="cpu"):
-    """Per-channel latent mean and std, shaped (1, 1, c', 1, 1), for normalising latents."""
-    stats = cfg.get("latent_stats")
-    if not stats:
-        return None, None
-    mean = torch.tensor(stats["mean"], device=device).view(1, 1, -1, 1, 1)
-    std = torch.tensor(stats["std"], device=device).view(1, 1, -1, 1, 1)
-    return mean, std
-
-
-# ----------------------------------------------------------------------------- stage 2 and 3
-
-
-def _load_module(path, cfg, build, what: str):
+def load_module(path, cfg, build, what: str):
+    """``build(cfg)`` with the weights of the checkpoint at ``path`` loaded into it (fp16 files are
+    widened to fp32). A config that does not build, or weights that do not fit, is a CheckpointError
+    naming the folder."""
     try:
         model = build(cfg)
     except (KeyError, TypeError, ValueError, AssertionError) as e:
@@ -140,90 +107,3 @@ def _load_module(path, cfg, build, what: str):
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the model in config.json ({first})") from None
     return model
-
-
-def load_image_tower(spec, device="cpu"):
-    """An ImageTower from a checkpoint folder (a tower trained here) or the name of a pretrained
-    one in config.IMAGE_TOWERS (``vit_b32``, ``vit_bigg14``: open_clip weights from the hub)."""
-    from .config import IMAGE_TOWERS, ImageTowerConfig
-    from .models.image_tower import ImageTower
-
-    if isinstance(spec, str) and spec in IMAGE_TOWERS and not Path(spec).exists():
-        cfg = IMAGE_TOWERS[spec]
-        if not cfg.pretrained:
-            raise CheckpointError(f"image tower {spec!r} is trained from scratch and has no published weights; "
-                                  "give the folder of a trained one (e.g. data_samples/checkpoints/embed_course/"
-                                  "image_tower) or a pretrained name (vit_b32, vit_bigg14)")
-        return ImageTower.pretrained(cfg).to(device).eval()
-    cfg = read_config(spec)
-    if cfg.get("kind") != "image_tower":
-        raise CheckpointError(f"{spec}: a {cfg.get('kind')!r} checkpoint, not an image tower")
-    tower = _load_module(spec, cfg.get("model", {}), lambda d: ImageTower(ImageTowerConfig.from_dict(d)), "image tower")
-    if tower.identity() != cfg.get("identity"):
-        raise CheckpointError(f"{spec}: weights do not match the identity recorded in config.json (modified file?)")
-    return tower.to(device).eval()
-
-
-def check_tower(path, recorded: dict, tower) -> None:
-    """A shape tower / prior must be used with the image tower it was trained against."""
-    have = tower.identity()
-    if recorded != have:
-        def name(d):
-            return f"{d.get('name')} ({d.get('weights') or d.get('pretrained')})" if d else "unknown"
-        raise CheckpointError(f"{path}: was trained against image tower {name(recorded)}, "
-                              f"not {name(have)}; use the image tower it was trained with, or retrain it")
-
-
-def load_shape_tower(path, image_tower=None, device="cpu"):
-    """(ShapeTower, config) from a checkpoint folder; with ``image_tower`` given, refuses one
-    trained against another tower."""
-    from .config import ShapeTowerConfig
-    from .models.image_tower import fingerprint
-    from .models.shape_tower import ShapeTower
-
-    cfg = read_config(path)
-    if cfg.get("kind") != "shape_tower":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a shape tower")
-    if image_tower is not None:
-        check_tower(path, cfg.get("image_tower"), image_tower)
-    model = _load_module(path, cfg.get("model", {}), lambda d: ShapeTower(ShapeTowerConfig.from_dict(d)), "shape tower")
-    cfg["fingerprint"] = fingerprint(model.state_dict())
-    return model.to(device).eval(), cfg
-
-
-def load_towers(embed_dir, image_tower=None, device="cpu"):
-    """(image tower, shape tower, shape tower config) of a ``train embed`` output folder:
-    ``embed_dir/shape_tower`` and ``embed_dir/image_tower`` (or, for a pretrained tower, the
-    name recorded in the shape tower's config, or ``image_tower`` given explicitly)."""
-    embed_dir = Path(embed_dir)
-    shape_path = embed_dir / "shape_tower"
-    if not embed_dir.exists():
-        raise CheckpointError(f"{embed_dir}: no such folder")
-    if not shape_path.exists():
-        raise CheckpointError(f"{embed_dir}: no shape_tower/ inside (expected the output folder of train embed)")
-    if image_tower is None:
-        if (embed_dir / "image_tower").exists():
-            image_tower = embed_dir / "image_tower"
-        else:
-            image_tower = (read_config(shape_path).get("image_tower") or {}).get("name")
-            if not image_tower:
-                raise CheckpointError(f"{shape_path}: records no image tower")
-    tower = image_tower if hasattr(image_tower, "identity") else load_image_tower(image_tower, device)
-    shape, cfg = load_shape_tower(shape_path, tower, device)
-    return tower, shape, cfg
-
-
-def load_prior(path, image_tower=None, device="cpu"):
-    """(DiffusionPrior, config) from a checkpoint folder; with ``image_tower`` given, refuses a
-    prior trained in another tower's space."""
-    from .config import DiffusionConfig, PriorConfig
-    from .models.prior import DiffusionPrior
-
-    cfg = read_config(path)
-    if cfg.get("kind") != "diffusion_prior":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a diffusion prior")
-    if image_tower is not None:
-        check_tower(path, cfg.get("image_tower"), image_tower)
-    model = _load_module(path, cfg, lambda d: DiffusionPrior(PriorConfig.from_dict(d["model"]),
-                                                             DiffusionConfig.from_dict(d["diffusion"])), "prior")
-    return model.to(device).eval(), cfg

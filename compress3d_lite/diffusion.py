@@ -2,26 +2,46 @@
 diffusion prior (stage 3) and the triplane diffusion (stage 4).
 
 Forward process (DDPM): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I), with the
-cosine schedule (``squaredcos_cap_v2``) over T = 1000 steps. Both of our models predict x_0
-("sample" parametrisation; the paper's prior does, docs/paper.md §4), and are trained with
+cosine schedule (``squaredcos_cap_v2``) over T = 1000 steps. The network's target depends on the
+parametrisation (``DiffusionConfig.prediction_type``):
 
-    L = E_{x_0, t, eps} || f(x_t, t, cond) - x_0 ||_1            (or squared, ``loss="l2"``).
+    prior  "sample":        target x_0, L1 loss (the paper's prior, docs/paper.md §4)
+    UNet   "v_prediction":  target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, MSE (our choice, §5)
+
+    L = E_{x_0, t, eps} || f(x_t, t, cond) - target ||             (L1, or squared with ``loss="l2"``)
 
 Sampling starts from x_T ~ N(0, I) and walks down a few timesteps with DDIM (deterministic,
-eta = 0), DPM-Solver++ or ancestral DDPM. The caller supplies ``denoise(x_t, t) -> x_0 estimate``,
-so guidance (single or dual) stays with the model that knows its conditions.
+eta = 0), DPM-Solver++ or ancestral DDPM. The caller supplies ``denoise(x_t, t)`` (the model's
+output under its parametrisation), so guidance (single or dual) stays with the model that knows
+its conditions.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from .config import Config
+
+
+@dataclass
+class DiffusionConfig(Config):
+    """The noise schedule and sampler around diffusers' schedulers (paper: not found; our choice)."""
+
+    train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
+    prediction_type: str = "sample"  # the model predicts x0 (docs/paper.md §4: "output: the clean e_s")
+    sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"
+    sample_steps: int = 25
+
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
 
 
 def make_scheduler(cfg, sampler: str | None = "ddpm"):
-    """A diffusers scheduler for ``cfg`` (a config.DiffusionConfig): "ddpm" (training and
+    """A diffusers scheduler for ``cfg`` (a DiffusionConfig): "ddpm" (training and
     ancestral sampling), "ddim" or "dpm" (DPM-Solver++ multistep). No clipping of x_0: our data
     (scaled embeddings, normalised latents) is not confined to [-1, 1]."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler

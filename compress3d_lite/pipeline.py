@@ -22,11 +22,26 @@ trained with; the prior records its image tower).
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .checkpoint import CheckpointError
+from .config import pick_device
+from .data.images import ImageError, load_image
+from .data.io import atomic_write_bytes
+from .diffusion import sample
+from .mesh import MeshingError, extract_mesh, save_mesh
+from .models.image_tower import fingerprint
+from .samples import shipped_checkpoint
+from .stages.embed import check_tower, embed_images, load_towers
+from .stages.prior import load_prior
+from .stages.unet import load_unet
+from .stages.vae import load_vae
 
 PRESETS = {"course": {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course", "unet": "unet_course"}}
 PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
@@ -34,9 +49,6 @@ PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the b
 
 def pipeline_parts(source="course") -> dict:
     """{"vae", "embed", "prior", "unet"} -> checkpoint folder, for a preset name or a pipeline folder."""
-    from .checkpoint import CheckpointError
-    from .samples import shipped_checkpoint
-
     if isinstance(source, str) and source in PRESETS:
         return {k: shipped_checkpoint(v) for k, v in PRESETS[source].items()}
     root = Path(source)
@@ -54,20 +66,6 @@ class GenerationResult:
     timings: dict = field(default_factory=dict)  # seconds per stage
 
 
-def load_unet(path, device="cpu"):
-    """(TriplaneUNet, config) from a checkpoint folder."""
-    from .checkpoint import CheckpointError, _load_module, read_config
-    from .config import DiffusionConfig, UNetConfig
-    from .models.triplane_unet import TriplaneUNet
-
-    cfg = read_config(path)
-    if cfg.get("kind") != "triplane_unet":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a triplane UNet")
-    model = _load_module(path, cfg, lambda d: TriplaneUNet(UNetConfig.from_dict(d["model"])), "UNet")
-    model.diffusion_cfg = DiffusionConfig.from_dict(cfg["diffusion"])
-    return model.to(device).eval(), cfg
-
-
 class Compress3DPipeline:
     def __init__(self, vae, vae_cfg, tower, shape_tower, prior, unet, unet_cfg, device="cpu"):
         self.vae, self.vae_cfg, self.tower, self.shape_tower = vae, vae_cfg, tower, shape_tower
@@ -82,10 +80,6 @@ class Compress3DPipeline:
     @classmethod
     def from_pretrained(cls, source="course", device: str | None = None) -> "Compress3DPipeline":
         """``source``: a preset name (``course``) or a folder with vae/, embed/, prior/, unet/."""
-        from .checkpoint import CheckpointError, check_tower, load_prior, load_towers, load_vae
-        from .config import pick_device
-        from .models.image_tower import fingerprint
-
         device = device or pick_device()
         parts = pipeline_parts(source)
         unet, ucfg = load_unet(parts["unet"], device)
@@ -103,8 +97,6 @@ class Compress3DPipeline:
 
     @torch.no_grad()
     def embed_image(self, image) -> torch.Tensor:
-        from .embed import embed_images
-
         return embed_images(self.tower, [image])  # (1, D)
 
     @torch.no_grad()
@@ -113,8 +105,6 @@ class Compress3DPipeline:
                       callback=None) -> torch.Tensor:
         """Normalised latent (B, 3, c', r', r') for the embeddings, by DDIM with dual guidance
         (scales default to ``self.default_guidance``)."""
-        from .diffusion import sample
-
         guidance_image = self.default_guidance["image"] if guidance_image is None else guidance_image
         guidance_shape = self.default_guidance["shape"] if guidance_shape is None else guidance_shape
         cfg = self.unet.cfg
@@ -130,8 +120,6 @@ class Compress3DPipeline:
     @torch.no_grad()
     def decode(self, z, res: int = 128):
         """Normalised latent (1, ...) -> (mesh, un-normalised latent)."""
-        from .mesh import extract_mesh
-
         latent = z * self.latent_std + self.latent_mean
         planes = self.vae.decode(latent)
         return extract_mesh(self.vae, planes, res=res), latent
@@ -156,3 +144,47 @@ class Compress3DPipeline:
         timings["decode_mesh"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         return GenerationResult(mesh, latent, e_i, e_s, timings)
+
+    def generate_files(self, images, out_dir, format: str = "glb", steps: int = 25, seed: int = 0,
+                       use_prior: bool = True, res: int = 128, guidance_image: float | None = None,
+                       guidance_shape: float | None = None, about: dict | None = None, log=print) -> dict:
+        """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, a number
+        added when two stems clash) and ``out_dir/generate.json``: the settings -- the guidance
+        scales actually used, with where they came from -- and per image its mesh, sizes and timings,
+        or its error. A bad image (``ImageError``) or an empty field (``MeshingError``) is reported
+        with ``log(..., file=sys.stderr)`` and skipped; the others are still done. Nothing is
+        written when every image failed. ``about``: entries put first in the report (e.g. the
+        pipeline's name). Returns the report; ``report["n_failed"]`` counts failures."""
+        out = Path(out_dir)
+        gi = self.default_guidance["image"] if guidance_image is None else guidance_image
+        gs = self.default_guidance["shape"] if guidance_shape is None else guidance_shape
+        source = {"image": "command line" if guidance_image is not None else "checkpoint default",
+                  "shape": "command line" if guidance_shape is not None else "checkpoint default"}
+        report = {**(about or {}), "settings": {"steps": steps, "seed": seed, "use_prior": use_prior, "res": res,
+                               "guidance_image": gi, "guidance_shape": gs, "guidance_source": source},
+                  "images": [], "n_failed": 0}
+        used = set()
+        for path in images:
+            try:
+                result = self(load_image(path), steps=steps, guidance_image=gi, guidance_shape=gs, seed=seed,
+                              use_prior=use_prior, res=res)
+            except (ImageError, MeshingError) as e:
+                log(f"error: {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
+                report["images"].append({"image": str(path), "error": str(e)})
+                report["n_failed"] += 1
+                continue
+            stem = Path(path).stem
+            name, k = stem, 1
+            while name in used:
+                name, k = f"{stem}_{k}", k + 1
+            used.add(name)
+            out.mkdir(parents=True, exist_ok=True)
+            mesh_path = save_mesh(result.mesh, out / f"{name}.{format}")
+            report["images"].append({"image": str(path), "mesh": str(mesh_path), "n_vertices": len(result.mesh.vertices),
+                                     "n_faces": len(result.mesh.faces), "timings": result.timings})
+            log(f"{path} -> {mesh_path} ({len(result.mesh.faces)} faces, {result.timings['total']:.2f} s: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total") + ")")
+        if report["n_failed"] < len(report["images"]):
+            atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
+            log(f"wrote {out / 'generate.json'}")
+        return report

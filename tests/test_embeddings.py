@@ -9,16 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from compress3d_lite.checkpoint import CheckpointError, load_prior, load_shape_tower, load_towers, write_checkpoint
-from compress3d_lite.config import IMAGE_TOWERS, DiffusionConfig, PriorConfig, SampleSpec, ShapeTowerConfig
+from compress3d_lite.checkpoint import CheckpointError, write_checkpoint
+from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.images import ImageError, load_image
 from compress3d_lite.data.toyshapes import write_toyshapes
-from compress3d_lite.diffusion import diffusion_loss, make_scheduler, sample
+from compress3d_lite.diffusion import DiffusionConfig, diffusion_loss, make_scheduler, sample
 from compress3d_lite.models.contrastive import ContrastiveLoss, info_nce
-from compress3d_lite.models.image_tower import ImageTower, PretrainedWeightsUnavailable, fetch_pretrained
-from compress3d_lite.models.prior import DiffusionPrior
-from compress3d_lite.models.shape_tower import ShapeTower
-from compress3d_lite.train import TrainingError, train_embed, train_prior
+from compress3d_lite.models.image_tower import IMAGE_TOWERS, ImageTower, PretrainedWeightsUnavailable, fetch_pretrained
+from compress3d_lite.models.prior import DiffusionPrior, PriorConfig
+from compress3d_lite.models.shape_tower import ShapeTower, ShapeTowerConfig
+from compress3d_lite.stages.embed import load_shape_tower, load_towers, train_embed
+from compress3d_lite.stages.prior import load_prior, train_prior
+from compress3d_lite.training.loop import TrainingError
 
 LITE_TOWER = IMAGE_TOWERS["toy_lite"]
 FAST = {"log_every": 5, "ckpt_every": 1000}
@@ -167,9 +169,9 @@ def test_prior_learns_a_toy_mapping_better_than_the_mean():
 
 
 def test_a100_full_prior_is_paper_size():
-    from compress3d_lite.config import prior_preset
+    from compress3d_lite.stages.prior import prior_preset
 
-    pcfg, _ = prior_preset("a100_full")
+    pcfg = prior_preset("a100_full").model
     n = sum(p.numel() for p in DiffusionPrior(pcfg, DiffusionConfig()).parameters())
     assert abs(n - 25.8e6) / 25.8e6 < 0.1  # docs/paper.md §4: 25.8M
 
@@ -233,7 +235,7 @@ def test_towers_identity_survives_fp16_and_catches_tampering(tmp_path):
     identity = tower.identity()
     write_checkpoint(tmp_path / "t", tower.state_dict(),
                      {"kind": "image_tower", "model": LITE_TOWER.to_dict(), "identity": identity}, half=True)
-    from compress3d_lite.checkpoint import load_image_tower
+    from compress3d_lite.stages.embed import load_image_tower
 
     assert load_image_tower(tmp_path / "t").identity() == identity
     cfg = json.loads((tmp_path / "t" / "config.json").read_text())

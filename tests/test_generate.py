@@ -1,7 +1,6 @@
 """Stage 4 and the pipeline: the triplane UNet, dual guidance, generate, bad images."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +8,9 @@ import torch
 from PIL import Image
 
 from compress3d_lite.cli import main
+from compress3d_lite.models.triplane_unet import AwareConv, TriplaneUNet, UNetConfig, cross_plane_features
 from compress3d_lite.samples import sample_path
-from compress3d_lite.config import UNetConfig, diffusion_preset
-from compress3d_lite.models.triplane_unet import AwareConv, TriplaneUNet, cross_plane_features
+from compress3d_lite.stages.unet import unet_preset
 
 PNG = sample_path("toyshapes", "images", "000003_0.png")  # a lamp, RGBA
 
@@ -27,7 +26,7 @@ def _unet(seed=0):
 
 def test_unet_shapes_at_two_presets():
     for preset in ("lite", "course"):
-        cfg, _ = diffusion_preset(preset)
+        cfg = unet_preset(preset).model
         net = TriplaneUNet(cfg)
         x = torch.randn(2, 3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
         out = net(x, torch.tensor([0, 999]), torch.randn(2, cfg.embed_dim), torch.randn(2, cfg.embed_dim))
@@ -72,7 +71,7 @@ def test_dual_guidance_limits():
 
 
 def test_a100_full_unet_is_paper_size():
-    cfg, _ = diffusion_preset("a100_full")
+    cfg = unet_preset("a100_full").model
     with torch.device("meta"):
         n = sum(p.numel() for p in TriplaneUNet(cfg).parameters())
     assert abs(n - 864e6) / 864e6 < 0.1  # docs/paper.md §5: 864M

@@ -5,8 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from compress3d_lite.data.io import (DataFormatError, atomic_write_bytes, load_object, npz_bytes,
-                                     read_index, save_object, write_index)
+from compress3d_lite.data.io import (
+    DataFormatError,
+    atomic_write_bytes,
+    load_object,
+    npz_bytes,
+    read_index,
+    save_object,
+    write_index,
+)
 
 
 def _obj(n=10, m=20):

@@ -15,12 +15,18 @@ import trimesh
 
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data import io
-from compress3d_lite.data.mesh_import import (MeshImportError, import_files, import_mesh,
-                                              load_colored_mesh, output_names)
+from compress3d_lite.data.mesh_import import MeshImportError, import_files, import_mesh, load_colored_mesh, output_names
 from compress3d_lite.data.occupancy import fibonacci_directions, visibility_occupancy
 from compress3d_lite.data.primitives import similarity
-from compress3d_lite.data.sample_meshes import (CRATE_KD, CRATE_PALETTE, LAMP_INDEX, LAMP_UNITS,
-                                                SNOWMAN_INDEX, TOY_SEED, write_sample_meshes)
+from compress3d_lite.data.sample_meshes import (
+    CRATE_KD,
+    CRATE_PALETTE,
+    LAMP_INDEX,
+    LAMP_UNITS,
+    SNOWMAN_INDEX,
+    TOY_SEED,
+    write_sample_meshes,
+)
 from compress3d_lite.data.toyshapes import make_toy_object
 
 ROOT = Path(__file__).resolve().parents[1]

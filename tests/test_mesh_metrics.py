@@ -5,10 +5,16 @@ import pytest
 import torch
 import trimesh
 
-from compress3d_lite import metrics
-from compress3d_lite.mesh import (MeshingError, decode_grid, decode_grid_adaptive, extract_mesh, grid_coords,
-                                  marching_cubes, save_mesh)
-
+from compress3d_lite.evaluation import metrics
+from compress3d_lite.mesh import (
+    MeshingError,
+    decode_grid,
+    decode_grid_adaptive,
+    extract_mesh,
+    grid_coords,
+    marching_cubes,
+    save_mesh,
+)
 
 # ------------------------------------------------------------------------------------------
 # metrics

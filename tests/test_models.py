@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from compress3d_lite.config import AEConfig, ae_preset
 from compress3d_lite.models import TriplaneVAE
 from compress3d_lite.models.attention3d import AwareCrossAttention3D, volume_cubes
+from compress3d_lite.models.autoencoder import AEConfig
 from compress3d_lite.models.pointnet import LocalPoolPointNet, fourier_encode
 from compress3d_lite.models.triplane import VolumeToPlanes, sample_triplane, scatter_to_volume
+from compress3d_lite.stages.vae import vae_preset
 
 
 def _batch(B=2, N=256, M=300, seed=0):
@@ -20,7 +21,7 @@ def _batch(B=2, N=256, M=300, seed=0):
 @pytest.mark.parametrize("preset", ["lite", "course"])
 @pytest.mark.parametrize("attn", [True, False])
 def test_shapes_through_every_block(preset, attn):
-    cfg, _ = ae_preset(preset)
+    cfg = vae_preset(preset).model
     cfg.attn = attn
     torch.manual_seed(0)
     net = TriplaneVAE(cfg)
@@ -135,17 +136,17 @@ def test_local_pool_pointnet_mixes_only_within_pool_cells():
 
 
 def test_config_round_trip_and_bad_fields():
-    cfg, _ = ae_preset("course")
+    cfg = vae_preset("course").model
     assert AEConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown AEConfig fields"):
         AEConfig.from_dict({**cfg.to_dict(), "wings": 2})
-    with pytest.raises(ValueError, match="unknown preset"):
-        ae_preset("huge")
+    with pytest.raises(ValueError, match="unknown VAE preset"):
+        vae_preset("huge")
     with pytest.raises(AssertionError, match="encoder levels"):
         TriplaneVAE(AEConfig(latent_res=4))
 
 
 def test_a100_full_preset_is_paper_scale():
-    cfg, _ = ae_preset("a100_full")
+    cfg = vae_preset("a100_full").model
     assert (cfg.volume_res, cfg.latent_res, cfg.latent_channels, cfg.attn_res) == (128, 32, 32, 32)
     assert 3 * cfg.latent_res ** 2 * cfg.latent_channels == 98_304  # the paper's "0.10M" latent

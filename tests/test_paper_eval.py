@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from compress3d_lite.checkpoint import load_towers
 from compress3d_lite.cli import main
 from compress3d_lite.data.render import intrinsics, orbit_cameras, render_views
 from compress3d_lite.data.toyshapes import make_toy_object
-from compress3d_lite.evaluate_paper import Protocol, eval_cameras, format_markdown, parse_grid
-from compress3d_lite.image_metrics import (clip_similarity, fid, fid_features, inception_available, to_rgb_tensor)
+from compress3d_lite.evaluation.image_metrics import (
+    clip_similarity,
+    fid,
+    fid_features,
+    inception_available,
+    to_rgb_tensor,
+)
+from compress3d_lite.evaluation.paper import Protocol, eval_cameras, format_markdown, parse_grid
 from compress3d_lite.samples import shipped_checkpoint
+from compress3d_lite.stages.embed import load_towers
 
 
 @pytest.fixture(scope="module")

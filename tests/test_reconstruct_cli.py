@@ -121,7 +121,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
 
 @needs_ckpt
 def test_evaluate_writes_a_report(tmp_path, capsys):
-    from compress3d_lite.evaluate import SPLITS
+    from compress3d_lite.evaluation.test_set import SPLITS
 
     assert SPLITS == {"train": 0, "val": 500, "test": 1000}
     out = tmp_path / "eval.json"

@@ -1,10 +1,10 @@
 """Shipped files are found after any kind of install, by one rule (docs/design.md §6.1)."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from compress3d_lite import samples
 from compress3d_lite.samples import SamplesNotFound, data_samples, sample_path, shipped_checkpoint

@@ -14,15 +14,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress3d_lite.checkpoint import load_towers, load_vae, read_config
+from compress3d_lite.checkpoint import read_config
 from compress3d_lite.cli import main
-from compress3d_lite.config import (AEConfig, SampleSpec, UNetConfig, ae_preset, diffusion_preset)
+from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.toyshapes import write_toyshapes
-from compress3d_lite.dryrun import activation_bytes, dry_run, format_dry_run
 from compress3d_lite.models import TriplaneVAE
-from compress3d_lite.models.triplane_unet import TriplaneUNet
+from compress3d_lite.models.autoencoder import AEConfig
+from compress3d_lite.models.triplane_unet import TriplaneUNet, UNetConfig
 from compress3d_lite.samples import sample_path
-from compress3d_lite.train import model_identity, train_embed
+from compress3d_lite.stages.dryrun import dry_run, format_dry_run
+from compress3d_lite.stages.embed import load_towers, train_embed
+from compress3d_lite.stages.unet import unet_preset
+from compress3d_lite.stages.vae import load_vae, vae_preset
+from compress3d_lite.training.loop import model_identity
+from compress3d_lite.training.measure import activation_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sample_path("checkpoints")
@@ -100,14 +105,14 @@ def _twins(build, cfg):
 def test_gradient_checkpointing_gives_the_same_loss_and_grads(which):
     g = torch.Generator().manual_seed(1)
     if which == "vae":
-        plain, ckpt = _twins(TriplaneVAE, ae_preset("lite")[0])
+        plain, ckpt = _twins(TriplaneVAE, vae_preset("lite").model)
         pts, col = torch.rand(2, 256, 3, generator=g) * 1.8 - 0.9, torch.rand(2, 256, 3, generator=g)
         q, lab = torch.rand(2, 512, 3, generator=g) * 2 - 1, (torch.rand(2, 512, generator=g) < 0.3).float()
 
         def loss_fn(m):
             return m(pts, col, q, lab, generator=torch.Generator().manual_seed(2)).loss
     else:
-        plain, ckpt = _twins(TriplaneUNet, diffusion_preset("lite")[0])
+        plain, ckpt = _twins(TriplaneUNet, unet_preset("lite").model)
         x, e = torch.randn(2, 3, 4, 8, 8, generator=g), torch.randn(2, 64, generator=g)
 
         drop_i, drop_s = torch.tensor([True, False]), torch.tensor([False, True])  # the null tokens learn too

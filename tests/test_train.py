@@ -6,12 +6,13 @@ import shutil
 import pytest
 import torch
 
-from compress3d_lite.checkpoint import CheckpointError, load_vae, read_config, write_checkpoint
-from compress3d_lite.config import SampleSpec, ae_preset
+from compress3d_lite.checkpoint import CheckpointError, read_config, write_checkpoint
+from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.dataset import ObjectDataset
 from compress3d_lite.data.toyshapes import write_toyshapes
 from compress3d_lite.models import TriplaneVAE
-from compress3d_lite.train import StepBatchSampler, TrainingError, train_ae
+from compress3d_lite.stages.vae import load_vae, train_vae, vae_preset
+from compress3d_lite.training.loop import StepBatchSampler, TrainingError
 
 FAST = {"log_every": 5, "ckpt_every": 1000}
 
@@ -30,36 +31,36 @@ def _log(run):
 
 def test_short_training_lowers_the_loss_clearly(tmp_path, toy_data):
     run = tmp_path / "run"
-    train_ae("lite", run, data=str(toy_data), train_overrides={**FAST, "steps": 150, "lr": 3e-3}, progress=False)
+    train_vae("lite", run, data=str(toy_data), train_overrides={**FAST, "steps": 150, "lr": 3e-3}, progress=False)
     log = _log(run)
     first, last = log[0], log[-1]
     assert last["step"] == 150
     assert last["occ_bce"] < 0.6 * first["occ_bce"] and last["occ_acc"] > 0.75
     cfg = read_config(run / "model")
-    assert len(cfg["latent_stats"]["std"]) == ae_preset("lite")[0].latent_channels
+    assert len(cfg["latent_stats"]["std"]) == vae_preset("lite").model.latent_channels
 
 
 def test_resume_after_interruption_is_exact(tmp_path, toy_data):
     over = {**FAST, "steps": 30}
-    train_ae("lite", tmp_path / "straight", data=str(toy_data), train_overrides=over, progress=False)
-    stopped = train_ae("lite", tmp_path / "resumed", data=str(toy_data), train_overrides=over, progress=False,
+    train_vae("lite", tmp_path / "straight", data=str(toy_data), train_overrides=over, progress=False)
+    stopped = train_vae("lite", tmp_path / "resumed", data=str(toy_data), train_overrides=over, progress=False,
                        stop_after=15)
     assert stopped["step"] == 15 and read_config(tmp_path / "resumed" / "checkpoint")["step"] == 15
     assert not (tmp_path / "resumed" / "model").exists()
-    train_ae("lite", tmp_path / "resumed", data=str(toy_data), resume=True, train_overrides=over, progress=False)
+    train_vae("lite", tmp_path / "resumed", data=str(toy_data), resume=True, train_overrides=over, progress=False)
     straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [5, 10, 15, 20, 25, 30]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit-identical
 
 
 def test_resume_refuses_another_model_config(tmp_path, toy_data):
-    train_ae("lite", tmp_path / "r", data=str(toy_data), train_overrides={**FAST, "steps": 4}, progress=False,
+    train_vae("lite", tmp_path / "r", data=str(toy_data), train_overrides={**FAST, "steps": 4}, progress=False,
              stop_after=2)
     with pytest.raises(TrainingError, match="another model config"):
-        train_ae("lite", tmp_path / "r", data=str(toy_data), resume=True, overrides={"attn": False},
+        train_vae("lite", tmp_path / "r", data=str(toy_data), resume=True, overrides={"attn": False},
                  train_overrides={"steps": 4}, progress=False)
     with pytest.raises(TrainingError, match="nothing to resume"):
-        train_ae("lite", tmp_path / "new", data=str(toy_data), resume=True, progress=False)
+        train_vae("lite", tmp_path / "new", data=str(toy_data), resume=True, progress=False)
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, toy_data, monkeypatch):
@@ -72,11 +73,11 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, toy_data, monkeypatch):
 
     monkeypatch.setattr(TriplaneVAE, "forward", poisoned)
     with pytest.raises(TrainingError, match="loss is nan at step 0"):
-        train_ae("lite", tmp_path / "nan", data=str(toy_data), train_overrides={**FAST, "steps": 5}, progress=False)
+        train_vae("lite", tmp_path / "nan", data=str(toy_data), train_overrides={**FAST, "steps": 5}, progress=False)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
-    cfg, _ = ae_preset("lite")
+    cfg = vae_preset("lite").model
     torch.manual_seed(0)
     net = TriplaneVAE(cfg).eval()
     write_checkpoint(tmp_path / "ck", net.state_dict(), {"kind": "triplane_vae", "preset": "lite", "model": cfg.to_dict()})
@@ -91,7 +92,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 
 
 def test_bad_checkpoints_are_refused_by_name(tmp_path):
-    cfg, _ = ae_preset("lite")
+    cfg = vae_preset("lite").model
     good = write_checkpoint(tmp_path / "good", TriplaneVAE(cfg).state_dict(),
                             {"kind": "triplane_vae", "preset": "lite", "model": cfg.to_dict()})
     with pytest.raises(CheckpointError, match="no such checkpoint"):
@@ -107,7 +108,7 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path):
     with pytest.raises(CheckpointError, match="Git LFS pointer"):
         load_vae(lfs)
     other = shutil.copytree(good, tmp_path / "other")
-    course = ae_preset("course")[0].to_dict()
+    course = vae_preset("course").model.to_dict()
     (other / "config.json").write_text(json.dumps({**read_config(good), "model": course}))
     with pytest.raises(CheckpointError, match="weights do not fit the model"):
         load_vae(other)
@@ -144,7 +145,7 @@ def test_dataset_accepts_index_epoch_pairs(toy_data):
 def test_render_losses_train_mask_and_depth(tmp_path):
     """With --render-loss the field is also rendered into the saved views, and those losses fall."""
     run = tmp_path / "render"
-    train_ae("lite", run, overrides={"render_loss": True, "render_rays": 128, "render_samples": 24},
+    train_vae("lite", run, overrides={"render_loss": True, "render_rays": 128, "render_samples": 24},
              train_overrides={**FAST, "steps": 60, "n_train": 8, "lr": 3e-3, "warmup_steps": 5}, progress=False)
     log = _log(run)
     assert {"render_rgb", "render_mask", "render_depth"} <= set(log[0])

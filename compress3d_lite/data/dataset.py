@@ -24,6 +24,15 @@ from .toyshapes import CATEGORIES
 CATEGORY_NAMES = list(CATEGORIES)
 
 
+def drawn_view(key, seed: int, n_views: int) -> tuple:
+    """(object index, view index) for a sampler key (index or (index, epoch)): the view is drawn
+    from (seed, epoch, index), like every other random choice of the data pipeline (the stages'
+    datasets of precomputed embeddings use it)."""
+    i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + i)
+    return i, int(torch.randint(n_views, (1,), generator=g))
+
+
 class ObjectDataset(torch.utils.data.Dataset):
     def __init__(self, root, n_points: int | None = None, n_occ: int | None = None,
                  views: bool | str = False, seed: int = 0):

@@ -283,10 +283,12 @@ def _index_entries(out: Path, fresh: dict, qfilter, threshold) -> tuple:
 
 def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | None = None,
             shuffle: bool = False, seed: int = 0, workers: int = 1, timeout: float = 300,
-            filter_dir=None, threshold: float | None = None, progress: bool = True) -> dict:
+            quality=None, threshold: float | None = None, progress: bool = True) -> dict:
     """Import the chosen objects into ``out_dir`` (see module docstring); returns the manifest.
-    Bad input (uids file, source folder, missing package, other settings in ``out_dir``, a bad
-    classifier) raises ObjaverseError / CheckpointError before anything is written."""
+    ``quality``: a scorer of object files (``stages.quality_filter.QualityFilter``: ``score(paths)``,
+    ``threshold``, ``source``) whose low scorers stay out of index.json. Bad input (uids file,
+    source folder, missing package, other settings in ``out_dir``) raises ObjaverseError before
+    anything is written."""
     from tqdm.auto import tqdm
 
     from .render import ray_backend
@@ -298,7 +300,7 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
     settings = {"mode": "source" if source is not None else "online", "source": source and str(source),
                 "uids_file": uids_file and str(uids_file), "n": n, "shuffle": shuffle, "seed": seed,
                 "workers": workers, "timeout": timeout, "spec": spec.to_dict(),
-                "filter": filter_dir and str(filter_dir), "threshold": threshold}
+                "filter": quality and str(quality.source), "threshold": threshold}
     if source is not None:
         files = source_files(source)
     else:
@@ -308,11 +310,8 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
             raise ObjaverseError(NOT_INSTALLED) from None
         files = None
     _check_settings(out, settings)
-    qfilter = None
-    if filter_dir is not None:
-        from .quality import QualityFilter
-
-        qfilter = QualityFilter.load(filter_dir)
+    qfilter = quality
+    if qfilter is not None:
         settings["threshold"] = threshold = qfilter.threshold if threshold is None else threshold
     available = list(files) if files is not None else objaverse.load_uids() if wanted is None else []
     uids = choose(available, wanted, n, shuffle, seed)

@@ -31,8 +31,8 @@ AMBIENT = 0.35  # shading = AMBIENT + (1 - AMBIENT) * |cos(normal, view ray)|
 def ray_backend() -> str:
     """'embree' when embreex is importable, else 'rtree' (trimesh's fallback)."""
     try:
-        from trimesh.ray import ray_pyembree  # noqa: F401
         import embreex  # noqa: F401
+        from trimesh.ray import ray_pyembree  # noqa: F401
 
         return "embree"
     except ImportError:

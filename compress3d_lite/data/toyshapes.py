@@ -19,13 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .primitives import (Box, ConvexPolytope, Ellipsoid, Frustum, Primitive, Torus, Tube, prism,
-                         rot, similarity)
 from ..config import HALF_EXTENT, SampleSpec
+from .primitives import Box, ConvexPolytope, Ellipsoid, Frustum, Primitive, Torus, Tube, prism, rot, similarity
 from .sampling import make_example
 from .surface import ColoredMesh, ConstantColor
-
-
 
 # ------------------------------------------------------------------------------------------
 # colour palettes

@@ -1,11 +1,34 @@
-"""Building blocks of the plane CNNs: GroupNorm-SiLU ResBlocks, strided down, nearest-up."""
+"""Building blocks shared by the models: GroupNorm-SiLU ResBlocks, strided down, nearest-up for
+the plane CNNs; the sinusoidal timestep embedding of the two diffusion models; and the one
+gradient-checkpointing switch (``checkpointed``)."""
 
+import math
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 def norm(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, c), c)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """(B,) timesteps -> (B, dim) sinusoids (the Transformer / DDPM embedding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def checkpointed(layer: nn.Module, *args, enabled: bool):
+    """``layer(*args)``; when ``enabled`` (a config's ``grad_checkpoint``), and only while training
+    with autograd on, under torch.utils.checkpoint: its activations are recomputed in the backward
+    pass instead of stored. Same outputs and gradients, less memory, about 1/3 more compute."""
+    if enabled and layer.training and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
 
 
 class ResBlock(nn.Module):

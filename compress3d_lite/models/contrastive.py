@@ -1,5 +1,7 @@
 """Contrastive alignment of two embedding spaces: symmetric InfoNCE with a learnable temperature
-(CLIP; OpenShape's shape-image term, docs/paper.md §3).
+(CLIP; OpenShape's shape-image term, docs/paper.md §3), and the two stage-2 training modules
+that use it: ``ShapeImageAligner`` (both towers, or a frozen tower run every step) and
+``FrozenTowerAligner`` (a frozen tower whose embeddings were computed once).
 
 For a batch of B matched pairs (a_k, b_k) of unit vectors, logits = exp(s) * a @ b.T and
 
@@ -69,3 +71,21 @@ class ShapeImageAligner(nn.Module):
             e_i = self.image_tower(pixels)
         e_s = self.shape_tower(xyz, rgb)  # (B, D)
         return self.loss_fn(e_s, e_i), e_i.detach(), e_s.detach(), self.loss_fn.logit_scale.detach()
+
+
+class FrozenTowerAligner(nn.Module):
+    """The stage-2 training module with a frozen pretrained image tower (OpenShape's recipe): the
+    tower's embeddings of every view are computed once before training, so this module holds only
+    the shape tower and the temperature -- no tower weights in memory, in the optimiser or in the
+    training checkpoint, and no tower forward per step.
+
+    forward(e_i (B, D) unit image embeddings, xyz (B, N, 3), rgb (B, N, 3))
+        -> (loss, e_i (B, D), e_s (B, D), logit_scale), like ShapeImageAligner."""
+
+    def __init__(self, shape_tower: nn.Module):
+        super().__init__()
+        self.shape_tower, self.loss_fn = shape_tower, ContrastiveLoss()
+
+    def forward(self, e_i, xyz, rgb):
+        e_s = self.shape_tower(xyz, rgb)  # (B, D)
+        return self.loss_fn(e_s, e_i), e_i, e_s.detach(), self.loss_fn.logit_scale.detach()

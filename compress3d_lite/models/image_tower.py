@@ -7,6 +7,7 @@ The paper uses OpenShape's space, i.e. OpenCLIP ViT-bigG-14 (1280-d). Three ways
                                  ``vit_bigg14`` configs)
     ImageTower(cfg)              open_clip's VisionTransformer at a small size, random init, to be
                                  trained from scratch on toy renders (the offline ``toy`` configs)
+    ImageTower.architecture(cfg) a pretrained config's architecture with random init (dry runs)
 
 Either way the module maps normalised pixels (B, 3, S, S) to (B, D) unit vectors, and
 ``preprocess`` / ``preprocess_rgba`` make those pixels from PIL images / RGBA tensors.
@@ -17,13 +18,48 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's normalisation (also for toy towers)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ImageTowerConfig(Config):
+    """An open_clip image encoder. ``pretrained`` set: open_clip's ``arch`` with those weights
+    (downloaded from the Hugging Face hub); None: a small open_clip VisionTransformer trained
+    from scratch on toy renders (the offline ``toy`` towers)."""
+
+    name: str = "toy"
+    arch: str = "VisionTransformer"  # open_clip model name when pretrained
+    pretrained: str | None = None  # open_clip weights tag, e.g. "laion2b_s34b_b79k"
+    embed_dim: int = 256
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 96
+    layers: int = 4
+    heads: int = 4
+    background: float = 1.0  # RGBA inputs are composited on this grey level (1.0: white)
+
+
+IMAGE_TOWERS = {
+    # offline, trained from scratch on toy renders (what CI, the notebooks and the shipped checkpoints use)
+    "toy": ImageTowerConfig(),
+    "toy_lite": ImageTowerConfig(name="toy_lite", embed_dim=64, image_size=32, patch_size=8, width=64, layers=2,
+                                 heads=2),
+    # pretrained open_clip (Colab; needs the weights from the Hugging Face hub once)
+    "vit_b32": ImageTowerConfig(name="vit_b32", arch="ViT-B-32", pretrained="laion2b_s34b_b79k", embed_dim=512,
+                                image_size=224),
+    # the paper's: OpenShape aligns to OpenCLIP ViT-bigG-14, 1280-d (docs/paper.md §3)
+    "vit_bigg14": ImageTowerConfig(name="vit_bigg14", arch="ViT-bigG-14", pretrained="laion2b_s39b_b160k",
+                                   embed_dim=1280, image_size=224),
+}
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -89,6 +125,25 @@ class ImageTower(nn.Module):
         model = open_clip.create_model(cfg.arch, pretrained=cfg.pretrained)
         pcfg = open_clip.get_pretrained_cfg(cfg.arch, cfg.pretrained)
         return cls(cfg, model.visual, pcfg.get("mean", OPENAI_MEAN), pcfg.get("std", OPENAI_STD))
+
+    @classmethod
+    def architecture(cls, cfg, meta: bool = False) -> "ImageTower":
+        """A pretrained tower's open_clip architecture with random init, frozen: nothing is
+        downloaded (what ``--dry-run`` measures). ``meta``: build on the meta device, no memory
+        (open_clip's own ``device="meta"`` still builds on the CPU first: 10 GiB for ViT-bigG-14)."""
+        import contextlib
+        import logging
+
+        import open_clip
+
+        quiet = logging.getLogger()
+        level, quiet.level = quiet.level, logging.ERROR  # open_clip warns that no weights were loaded
+        try:
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                clip = open_clip.create_model(cfg.arch, pretrained=None, device="meta" if meta else "cpu")
+        finally:
+            quiet.level = level
+        return cls(cfg, clip.visual).requires_grad_(False).eval()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(pixels), dim=-1)  # (B, D)

@@ -16,20 +16,27 @@ learned null vector; sampling then uses  x0 = x0_null + g (x0_cond - x0_null).
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
 from ..diffusion import diffusion_loss, sample
+from .blocks import timestep_embedding
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """(B,) timesteps -> (B, dim) sinusoids (the Transformer / DDPM embedding)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+@dataclass
+class PriorConfig(Config):
+    """Residual MLP with long skip connections; predicts the clean shape embedding."""
+
+    embed_dim: int = 256  # = the towers' embed_dim
+    width: int = 384
+    depth: int = 6  # residual blocks (even: the first half's outputs skip to the second half)
+    time_dim: int = 128
+    cond_drop: float = 0.1  # p of replacing the image embedding by a learned null (for guidance)
+    loss: str = "l1"  # docs/paper.md §4: L1 on the clean embedding
 
 
 class PriorBlock(nn.Module):

@@ -6,11 +6,27 @@ same recipe with a smaller backbone: the local-pool PointNet of the VAE encoder,
 max + mean pool and an MLP head.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import Config
 from .pointnet import LocalPoolPointNet
+
+
+@dataclass
+class ShapeTowerConfig(Config):
+    """Point-cloud encoder of coloured points into the image tower's space (OpenShape's role;
+    a PointNet here where OpenShape uses PointBERT)."""
+
+    width: int = 64
+    blocks: int = 4
+    pe_freqs: int = 6
+    pool_res: int = 8
+    hidden: int = 256
+    embed_dim: int = 256  # = the image tower's embed_dim
 
 
 class ShapeTower(nn.Module):

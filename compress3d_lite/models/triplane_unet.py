@@ -21,18 +21,40 @@ one it is looking at). Two things make it a *triplane* UNet:
   two tokens are also added to the timestep embedding that scales and shifts every ResBlock
   (a pooled-condition path as in SDXL; our addition, it speeds up learning at small scale).
 
-``cfg.grad_checkpoint`` (the ``a100_full`` preset) recomputes every ResBlock and cross-attention
-in the backward pass instead of storing its activations: same outputs and gradients, a fraction
-of the activation memory, about a third more compute per step.
+``cfg.grad_checkpoint`` (off in every preset; ``--grad-checkpoint``) recomputes every ResBlock and
+cross-attention in the backward pass instead of storing its activations: same outputs and
+gradients, a fraction of the activation memory, about a third more compute per step.
 """
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from .blocks import Downsample, Upsample, norm
-from .prior import timestep_embedding
+from ..config import Config
+from ..diffusion import diffusion_loss
+from .blocks import Downsample, Upsample, checkpointed, norm, timestep_embedding
+
+
+@dataclass
+class UNetConfig(Config):
+    """Triplane UNet over the VAE's normalised latent (3, c', r', r'), with Rodin's 3D-aware
+    convolution and cross-attention to the image and shape embeddings. Paper: about 864M params."""
+
+    latent_channels: int = 8  # c' of the VAE
+    latent_res: int = 16  # r' of the VAE
+    channels: tuple = (32, 64)  # per level; r' -> r'/2 between levels
+    blocks_per_level: int = 1
+    attn_levels: tuple = (1,)  # levels with cross-attention (0 = full resolution)
+    heads: int = 4
+    embed_dim: int = 256  # = the towers' embed_dim
+    time_dim: int = 64
+    cond_drop: float = 0.05  # p of dropping each condition independently (docs/paper.md §5)
+    # recompute ResBlocks / cross-attention in backward (training only): 3x less activation memory
+    # for ~1/3 more compute. Off in every preset: a100_full needs ~22 GiB per GPU without it
+    # (train diffusion --preset a100_full --dry-run); turn it on for smaller GPUs or larger batches.
+    grad_checkpoint: bool = False
 
 
 def cross_plane_features(h: torch.Tensor) -> torch.Tensor:
@@ -152,17 +174,11 @@ class TriplaneUNet(nn.Module):
             shp = torch.where(drop_shape[:, None], self.null_shape.expand_as(shp), shp)
         return torch.stack([img, shp], dim=1)
 
-    def _run(self, layer, *args):
-        """layer(*args), under gradient checkpointing when asked for and training with autograd on."""
-        if getattr(self.cfg, "grad_checkpoint", False) and self.training and torch.is_grad_enabled():
-            return checkpoint(layer, *args, use_reentrant=False)
-        return layer(*args)
-
     def _layer(self, layer, h, emb, tokens):
         if isinstance(layer, TriplaneResBlock):
-            return self._run(layer, h, emb)
+            return checkpointed(layer, h, emb, enabled=self.cfg.grad_checkpoint)
         if isinstance(layer, CrossAttention):
-            return self._run(layer, h, tokens)
+            return checkpointed(layer, h, tokens, enabled=self.cfg.grad_checkpoint)
         B = h.shape[0]  # Downsample / Upsample: per plane
         return layer(h.flatten(0, 1)).unflatten(0, (B, 3))
 
@@ -184,6 +200,16 @@ class TriplaneUNet(nn.Module):
             h = self._layer(layer, h, emb, tokens)
         out = self.conv_out(F.silu(self.norm_out(h.flatten(0, 1))))
         return out.unflatten(0, (B, 3))  # (B, 3, c', r', r')
+
+    def loss(self, z, e_i, e_s, scheduler):
+        """Training loss for normalised latents z (B, 3, c', r', r') and unit embeddings e_i, e_s
+        (B, D): each condition dropped with p = ``cond_drop`` independently, then the diffusion
+        objective under the scheduler's parametrisation (v-prediction in every preset) with MSE
+        (our choice; docs/paper.md §5)."""
+        p = self.cfg.cond_drop
+        drop_i = torch.rand(z.shape[0], device=z.device) < p
+        drop_s = torch.rand(z.shape[0], device=z.device) < p
+        return diffusion_loss(lambda x, t: self(x, t, e_i, e_s, drop_i, drop_s), z, scheduler, "l2")
 
     def guided(self, x, t, e_i, e_s, guidance_image: float = 5.0, guidance_shape: float = 1.0,
                use_shape: bool = True):

@@ -16,7 +16,7 @@ from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.images import load_image
 from compress3d_lite.data.render import intrinsics, look_at, orbit_cameras, render_trimesh, render_views
 from compress3d_lite.data.toyshapes import make_toy_object
-from compress3d_lite.evaluate import SPLITS
+from compress3d_lite.evaluation.test_set import SPLITS
 from compress3d_lite.pipeline import Compress3DPipeline
 
 OBJECTS = [3, 0, 5, 8]  # test-split indices: lamp, mug, rocket, dumbbell

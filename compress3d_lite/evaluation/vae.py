@@ -1,11 +1,6 @@
-"""Evaluate a triplane VAE on held-out toy objects.
+"""Evaluate a triplane VAE on held-out toy objects (test_set.py: the splits).
 
     compress3d-lite evaluate ae --ckpt data_samples/checkpoints/vae_course --split test --json eval.json
-
-Splits are seed ranges of the toy generator: object ``i`` of a split is
-``make_toy_object(SPLITS[split], i)``, i = 0 .. n-1. The shipped checkpoints train on seed 0, so
-"val" (seed 500) and "test" (seed 1000) are objects the model has never seen; categories cycle,
-so the default n = 56 is 4 objects of each of the 14 categories.
 
 Per object (all in the [-1, 1] data frame; metric definitions in metrics.py):
 
@@ -23,14 +18,17 @@ Our targets for the shipped course checkpoint: IoU >= 0.90, Chamfer-L1 <= 0.02, 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SPLITS = {"train": 0, "val": 500, "test": 1000}  # the generator seed of each split
+from ..mesh import MeshingError, extract_mesh, query_points
+from . import metrics
+from .report import check_targets, clean, target_line
+from .test_set import SPLITS, held_out
+
 N_IOU = 100_000  # uniform occupancy queries per object
 N_SURFACE = 30_000  # surface samples per object, each side, for Chamfer / F-score / PSNR
 TARGETS = {"iou": (">=", 0.90), "chamfer_l1": ("<=", 0.02), "psnr": (">=", 22.0)}
@@ -42,9 +40,7 @@ def evaluate_object(model, obj, n_points: int, res: int, rng: np.random.Generato
     """All metrics of one ToyObject, plus timings; deterministic given ``rng``."""
     import trimesh
 
-    from . import metrics
-    from .data.sampling import sample_surface
-    from .mesh import MeshingError, extract_mesh, query_points
+    from ..data.sampling import sample_surface
 
     cmesh = obj.colored_mesh()
     points, colors, _ = sample_surface(cmesh, n_points, rng, keep=obj.exposed)  # the VAE's input
@@ -89,51 +85,28 @@ def summarize(rows: list) -> dict:
     }
 
 
-def check_targets(mean: dict) -> dict:
-    """{metric: {"target": ">= 0.9", "value": mean, "pass": bool}} for our targets (``TARGETS``)."""
-    out = {}
-    for m, (op, bound) in TARGETS.items():
-        v = mean.get(m)
-        ok = v is not None and (v >= bound if op == ">=" else v <= bound)
-        out[m] = {"target": f"{op} {bound}", "value": v, "pass": bool(ok)}
-    return out
-
-
-def _clean(x):
-    """Round floats for the JSON file; inf / nan become null (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return round(float(x), 5) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def evaluate_ae(ckpt, split: str = "test", n: int = 56, res: int = 128, preset: str | None = None,
-                progress: bool = True) -> dict:
-    """Evaluate the VAE checkpoint ``ckpt`` on objects 0..n-1 of ``split``: the report dict."""
+def evaluate_vae(ckpt=None, split: str = "test", n: int = 56, res: int = 128, preset: str | None = None,
+                 progress: bool = True) -> dict:
+    """Evaluate the VAE checkpoint ``ckpt`` (default: the shipped course VAE) on objects 0..n-1 of
+    ``split``: the report dict."""
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_vae
-    from .data.toyshapes import make_toy_object
+    from ..samples import shipped_checkpoint
+    from ..stages.vae import DEFAULT_VAE, load_vae
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if n < 1 or res < 8:
-        raise ValueError("--n must be >= 1 and --res >= 8")
+    if res < 8:
+        raise ValueError("--res must be >= 8")
+    items = held_out(split, n, "vae")
     t_start = time.perf_counter()
+    ckpt = ckpt or shipped_checkpoint(DEFAULT_VAE)
     model, cfg = load_vae(ckpt, preset=preset)
     n_points = int(cfg.get("train", {}).get("n_points", 2048))
     seed = SPLITS[split]
     rows = []
-    for i in tqdm(range(n), desc=f"evaluate {split}", unit="obj", disable=not progress):
+    for item in tqdm(items, desc=f"evaluate {split}", unit="obj", disable=not progress):
         t = time.perf_counter()
-        obj = make_toy_object(seed, i)
-        row = {"index": i, "category": obj.category}
-        row.update(evaluate_object(model, obj, n_points, res, np.random.default_rng([seed, i, 3])))
+        row = {"index": item.index, "category": item.category}
+        row.update(evaluate_object(model, item.obj, n_points, res, item.rng))
         row["seconds"] = time.perf_counter() - t
         rows.append(row)
     summary = summarize(rows)
@@ -156,14 +129,14 @@ def evaluate_ae(ckpt, split: str = "test", n: int = 56, res: int = 128, preset: 
             "latent": "posterior mean",
         },
         **summary,
-        "targets": check_targets(summary["mean"]),
+        "targets": check_targets(summary["mean"], TARGETS),
         "n_failed_meshes": sum(1 for r in rows if "error" in r),
         "timing": {"total_seconds": time.perf_counter() - t_start,
                    "mean_seconds_per_object": float(np.mean([r["seconds"] for r in rows])),
                    "mean_recon_seconds": float(np.mean([r["recon_seconds"] for r in rows]))},
         "objects": rows,
     }
-    return _clean(report)
+    return clean(report)
 
 
 def _fmt(v, spec):
@@ -184,16 +157,7 @@ def format_table(report: dict) -> str:
     lines.append("-" * len(head))
     lines.append(line("mean", report["n_objects"], report["mean"]))
     lines.append(line("median", report["n_objects"], report["median"]))
-    for m, t in report["targets"].items():
-        lines.append(f"target {m:<11} {t['target']:<8} {_fmt(t['value'], '.4f'):>8}  {'PASS' if t['pass'] else 'FAIL'}")
+    lines += [target_line(m, t) for m, t in report["targets"].items()]
     if report["n_failed_meshes"]:
         lines.append(f"{report['n_failed_meshes']} object(s) decoded to an empty or full field (no mesh)")
     return "\n".join(lines)
-
-
-def write_report(report: dict, path) -> Path:
-    from .data.io import atomic_write_bytes
-
-    path = Path(path)
-    atomic_write_bytes(path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode())
-    return path

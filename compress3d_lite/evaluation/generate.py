@@ -1,8 +1,8 @@
-"""Evaluate image -> 3D generation on held-out toy objects.
+"""Evaluate image -> 3D generation on held-out toy objects (test_set.py).
 
     compress3d-lite evaluate generate --split test --json gen.json
 
-For object i of the split (``make_toy_object(SPLITS[split], i)``, categories cycling): one view is
+For object i of the split (test_set.py, categories cycling): one view is
 rendered at a random orbit camera (64 px, the towers' training resolution, composited on white),
 the pipeline generates a mesh from it, with the prior and without it (the paper's ablation, same
 seed), and we measure, in the [-1, 1] data frame:
@@ -28,10 +28,17 @@ import time
 import numpy as np
 import torch
 
-from .evaluate import SPLITS, _clean
+from ..data.dataset import CATEGORY_NAMES
+from ..data.images import load_image
+from ..data.render import render_trimesh
+from ..mesh import MeshingError, query_points
+from ..stages.embed import embed_images, embed_mesh, embed_points
+from . import metrics
+from .report import check_targets, clean, target_line
+from .test_set import SPLITS, held_out, input_view, occupancy_queries, surface_points
 
 N_IOU, N_SURFACE, VIEW_RES = 50_000, 10_000, 64
-TARGETS = {"iou_median": 0.6, "category_acc": 0.85}
+TARGETS = {"iou_median": (">=", 0.6), "category_acc": (">=", 0.85)}
 
 
 @torch.no_grad()
@@ -41,45 +48,29 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     import trimesh
     from tqdm.auto import tqdm
 
-    from . import metrics
-    from .config import SampleSpec
-    from .data.dataset import CATEGORY_NAMES
-    from .data.images import load_image
-    from .data.render import intrinsics, orbit_cameras, render_trimesh, render_views
-    from .data.sampling import sample_surface
-    from .data.toyshapes import make_toy_object
-    from .embed import embed_images, embed_mesh, embed_points
-    from .mesh import MeshingError, query_points
-    from .pipeline import Compress3DPipeline
+    from ..pipeline import Compress3DPipeline
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if n < 2 or res < 8:
-        raise ValueError("--n must be >= 2 and --res >= 8")
+    if res < 8:
+        raise ValueError("--res must be >= 8")
+    items = held_out(split, n, "generate", min_n=2)
     t_start = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
     guidance_image = pipe.default_guidance["image"] if guidance_image is None else guidance_image
     guidance_shape = pipe.default_guidance["shape"] if guidance_shape is None else guidance_shape
     n_points = pipe.shape_points
-    spec, split_seed = SampleSpec(), SPLITS[split]
-    objects, gt_es, rows = [], [], []
-    for i in range(n):  # the gallery of true shape embeddings
-        obj = make_toy_object(split_seed, i)
-        rng = np.random.default_rng([split_seed, i, 5])
-        p, c, _ = sample_surface(obj.colored_mesh(), n_points, rng, keep=obj.exposed)
-        objects.append((obj, rng))
-        gt_es.append(embed_points(pipe.shape_tower, p, c))
-    gt_es = torch.cat(gt_es)
-    cats = torch.tensor([CATEGORY_NAMES.index(o.category) for o, _ in objects])
-    for i, (obj, rng) in enumerate(tqdm(objects, desc=f"generate {split}", unit="obj", disable=not progress)):
-        cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
-        rgba, _ = render_views(obj.colored_mesh(), cam, intrinsics(VIEW_RES, spec.fov_deg), VIEW_RES)
-        image = load_image(rgba[0])
+    split_seed = SPLITS[split]
+    gt_es = torch.cat([embed_points(pipe.shape_tower, *surface_points(item, n_points))  # the gallery
+                       for item in items])
+    cats = torch.tensor([CATEGORY_NAMES.index(item.category) for item in items])
+    rows = []
+    for item in tqdm(items, desc=f"generate {split}", unit="obj", disable=not progress):
+        i, rng = item.index, item.rng
+        rgba, cam = input_view(item, VIEW_RES)
+        image = load_image(rgba)
         e_in = embed_images(pipe.tower, [image])
-        gt_points, _, _ = sample_surface(obj.colored_mesh(), N_SURFACE, rng, keep=obj.exposed)
-        queries = rng.uniform(-1.0, 1.0, size=(N_IOU, 3))
-        inside = obj.contains(queries)
-        row = {"index": i, "category": obj.category}
+        gt_points, _ = surface_points(item, N_SURFACE)
+        queries, inside = occupancy_queries(item, N_IOU)
+        row = {"index": i, "category": item.category}
         for variant, use_prior in (("prior", True), ("no_prior", False)):
             r = {}
             try:
@@ -96,7 +87,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
             e_gen = embed_mesh(pipe.shape_tower, out.mesh, n_points, seed=i)
             r["category_ok"] = bool(cats[int((e_gen @ gt_es.T).argmax())] == cats[i])
             r["own_object"] = bool(int((e_gen @ gt_es.T).argmax()) == i)
-            view = render_trimesh(out.mesh, cam, VIEW_RES, spec.fov_deg)[0]
+            view = render_trimesh(out.mesh, cam, VIEW_RES)[0]
             r["image_sim"] = float(embed_images(pipe.tower, [load_image(view)]) @ e_in.T)
             r["seconds"] = out.timings["total"]
             row[variant] = r
@@ -116,7 +107,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
                 "n_failed": sum(1 for r in rs if "error" in r)}
 
     with_prior, without = summary("prior"), summary("no_prior")
-    targets = {k: {"target": f">= {b}", "value": with_prior[k], "pass": with_prior[k] >= b} for k, b in TARGETS.items()}
+    targets = check_targets(with_prior, TARGETS)
     better = with_prior["iou_median"] > without["iou_median"] and with_prior["image_sim_mean"] >= without["image_sim_mean"]
     targets["prior_helps"] = {"target": "with prior > without (median IoU and image similarity)",
                               "value": [with_prior["iou_median"], without["iou_median"]], "pass": bool(better)}
@@ -125,11 +116,11 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
         "settings": {"steps": steps, "guidance_image": guidance_image, "guidance_shape": guidance_shape,
                      "sampler": "ddim", "seed": seed, "mesh_res": res, "view_res": VIEW_RES},
         "image_tower": pipe.tower.identity(),
-        "protocol": "one random orbit view per held-out toy object in; see evaluate_generate.py",
+        "protocol": "one random orbit view per held-out toy object in; see evaluation/generate.py",
         "with_prior": with_prior, "without_prior": without, "targets": targets,
         "seconds": time.perf_counter() - t_start, "objects": rows,
     }
-    return _clean(report)
+    return clean(report)
 
 
 def format_generate(report: dict) -> str:
@@ -140,6 +131,5 @@ def format_generate(report: dict) -> str:
         cd = "-" if s["chamfer_l1_median"] is None else f"{s['chamfer_l1_median']:.4f}"
         lines.append(f"{name:14s} {s['iou_median']:8.3f} {s['iou_mean']:9.3f} {cd:>10s} {s['category_acc']:9.3f} "
                      f"{s['own_object_acc']:8.3f} {s['image_sim_mean']:8.3f} {s['seconds_mean']:6.2f}")
-    for k, t in report["targets"].items():
-        lines.append(f"target {k:<13} {t['target']:<10} {t['value']}  {'PASS' if t['pass'] else 'FAIL'}")
+    lines += [target_line(k, t) for k, t in report["targets"].items()]
     return "\n".join(lines)

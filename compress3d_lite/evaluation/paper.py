@@ -42,7 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import SPLITS, _clean
+from ..config import SampleSpec
+from ..data.images import load_image
+from ..data.render import intrinsics, look_at, render_trimesh, render_views
+from ..mesh import MeshingError, query_points
+from . import metrics
+from .image_metrics import clip_similarity, fid, fid_features, to_rgb_tensor
+from .report import clean
+from .test_set import SPLITS, held_out, input_view, occupancy_queries, surface_points
 
 # docs/paper.md §8.2-8.6
 PAPER_MAIN = {
@@ -78,8 +85,6 @@ class Protocol:
 
 def eval_cameras(p: Protocol) -> np.ndarray:
     """(views, 4, 4) the fixed cameras every asset and ground truth is rendered from."""
-    from .data.render import look_at
-
     az = np.deg2rad(45.0 + 360.0 * np.arange(p.views) / p.views)
     el = np.deg2rad(p.elevation_deg)
     eyes = p.radius * np.stack([np.cos(el) * np.sin(az), np.full_like(az, np.sin(el)), np.cos(el) * np.cos(az)], 1)
@@ -98,28 +103,16 @@ class TestObject:
     inside: np.ndarray  # (N_IOU,) exact occupancy
 
 
-def test_objects(p: Protocol, seed: int | None = None) -> list:
-    """The test set with its inputs and reference renders (deterministic)."""
-    from .config import SampleSpec
-    from .data.images import load_image
-    from .data.render import intrinsics, orbit_cameras, render_views
-    from .data.sampling import sample_surface
-    from .data.toyshapes import make_toy_object
-
-    split_seed = SPLITS[p.split] if seed is None else seed
-    spec, cams = SampleSpec(), eval_cameras(p)
-    out = []
-    for i in range(p.n):
-        obj = make_toy_object(split_seed, i)
-        rng = np.random.default_rng([split_seed, i, 8])
-        cmesh = obj.colored_mesh()
-        cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
-        rgba, _ = render_views(cmesh, cam, intrinsics(p.input_res, p.fov_deg), p.input_res)
-        gt_views, _ = render_views(cmesh, cams, intrinsics(p.view_res, p.fov_deg), p.view_res)
-        gt_points, _, _ = sample_surface(cmesh, N_SURFACE, rng, keep=obj.exposed)
-        queries = rng.uniform(-1.0, 1.0, size=(N_IOU, 3))
-        out.append(TestObject(i, obj.category, obj, load_image(rgba[0]), gt_views, gt_points, queries,
-                              obj.contains(queries)))
+def paper_test_set(p: Protocol, seed: int | None = None) -> list:
+    """The test set with its inputs and reference renders (deterministic; test_set.py's objects)."""
+    cams, out = eval_cameras(p), []
+    for item in held_out(p.split, p.n, "paper", seed=seed):
+        rgba, _ = input_view(item, p.input_res, SampleSpec(fov_deg=p.fov_deg))
+        gt_views, _ = render_views(item.obj.colored_mesh(), cams, intrinsics(p.view_res, p.fov_deg), p.view_res)
+        gt_points, _ = surface_points(item, N_SURFACE)
+        queries, inside = occupancy_queries(item, N_IOU)
+        out.append(TestObject(item.index, item.category, item.obj, load_image(rgba), gt_views, gt_points, queries,
+                              inside))
     return out
 
 
@@ -135,8 +128,6 @@ class Scorer:
     floor: float | None = None  # FID of other real objects vs the reference
 
     def score(self, views: torch.Tensor, per_object: int) -> dict:
-        from .image_metrics import clip_similarity, fid
-
         sim_gt = clip_similarity(self.tower, views, self.reference)
         sim_in = clip_similarity(self.tower, views, self.inputs.repeat_interleave(per_object, 0))
         return {"fid": fid(self.reference, views, self.feature), "clip_sim": float(sim_gt.mean()),
@@ -144,15 +135,13 @@ class Scorer:
 
 
 def make_scorer(objects: list, p: Protocol, tower, features: str = "auto", floor: bool = True) -> Scorer:
-    from .image_metrics import fid, fid_features, to_rgb_tensor
-
     feature, info = fid_features(features, tower)
     reference = to_rgb_tensor(np.concatenate([o.gt_views for o in objects]))
     inputs = torch.stack([torch.from_numpy(np.asarray(o.image, np.float32) / 255).permute(2, 0, 1) for o in objects])
     inputs = torch.nn.functional.interpolate(inputs, size=reference.shape[-2:], mode="bilinear", antialias=True)
     s = Scorer(tower, feature, info, reference, inputs)
     if floor:
-        others = test_objects(Protocol(**{**asdict(p), "split": "val"}))
+        others = paper_test_set(Protocol(**{**asdict(p), "split": "val"}))
         s.floor = fid(reference, to_rgb_tensor(np.concatenate([o.gt_views for o in others])), feature)
     return s
 
@@ -163,11 +152,6 @@ def generate_set(pipe, objects: list, p: Protocol, use_prior: bool = True, guida
     """(renders (n * views, 3, H, W), per-object rows) of the pipeline's assets for ``objects``."""
     import trimesh
     from tqdm.auto import tqdm
-
-    from . import metrics
-    from .data.render import render_trimesh
-    from .image_metrics import to_rgb_tensor
-    from .mesh import MeshingError, query_points
 
     cams, renders, rows = eval_cameras(p), [], []
     for o in tqdm(objects, desc=desc, unit="obj", disable=not progress):
@@ -203,122 +187,6 @@ def evaluate_variant(pipe, objects, scorer, p, progress=True, **kw) -> dict:
     return {**scorer.score(views, p.views), **summarize_rows(rows), "objects": rows}
 
 
-# ----------------------------------------------------------------------------------- VAE ablations
-
-
-def train_seconds_per_step(cfg, batch_size: int = 8, n_points: int = 2048, n_occ: int = 4096, steps: int = 3,
-                           seed: int = 0) -> float:
-    """Wall seconds of one VAE training step on toy objects, this machine: the step ``fit`` runs
-    (``train.ae_step``, backward, AdamW; the median of ``steps`` after a warm-up)."""
-    from .config import SampleSpec, TrainConfig
-    from .data.toyshapes import make_toy_object, toy_example
-    from .models import TriplaneVAE
-    from .train import ae_step, make_optimizer
-
-    torch.manual_seed(seed)
-    model = TriplaneVAE(cfg).train()
-    _, opt, _ = make_optimizer(model, TrainConfig())
-    step_fn = ae_step(cfg)
-    spec = SampleSpec(n_points=n_points, n_uniform=n_occ // 2, n_near=n_occ - n_occ // 2, views=0)
-    ex = [toy_example(make_toy_object(seed, i), spec, np.random.default_rng(i)) for i in range(batch_size)]
-    batch = {k: torch.from_numpy(np.stack([e[k] for e in ex]).astype(np.float32))
-             for k in ("points", "colors", "occ_points", "occ_labels")}
-    times = []
-    for _ in range(steps + 1):  # the first is a warm-up
-        t = time.perf_counter()
-        loss, _ = step_fn(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times[1:]))
-
-
-@torch.no_grad()
-def render_losses(vae, objects: list, p: Protocol, progress: bool = True, desc: str = "reconstruct") -> dict:
-    """The paper's AE metrics (8.3) on our renders: L_rgb (MSE of rgb on white), L_mask (MSE of the
-    coverage mask), L_depth (mean |depth error| where both are covered) between the ground truth
-    and the reconstruction's mesh, from the protocol's cameras; plus IoU / Chamfer / F."""
-    import trimesh
-    from tqdm.auto import tqdm
-
-    from . import metrics
-    from .data.render import intrinsics, render_views
-    from .data.sampling import sample_surface
-    from .data.surface import ColoredMesh
-    from .mesh import MeshingError, extract_mesh, query_points
-
-    cams, K = eval_cameras(p), intrinsics(p.view_res, p.fov_deg)
-    device = next(vae.parameters()).device
-    rows = []
-    for o in tqdm(objects, desc=desc, unit="obj", disable=not progress):
-        cmesh = o.obj.colored_mesh()
-        gt_rgba, gt_depth = render_views(cmesh, cams, K, p.view_res)
-        pts, cols, _ = sample_surface(cmesh, 2048, np.random.default_rng([o.index, 9]), keep=o.obj.exposed)
-        mu, _ = vae.encode(torch.from_numpy(pts.astype(np.float32))[None].to(device),
-                           torch.from_numpy(cols.astype(np.float32))[None].to(device))
-        planes = vae.decode(mu)
-        logits, _ = query_points(vae, planes, o.queries)
-        row = {"index": o.index, "category": o.category, "iou": metrics.iou(logits > 0, o.inside)}
-        try:
-            mesh = extract_mesh(vae, planes, res=p.mesh_res)
-        except MeshingError as e:
-            rows.append({**row, "error": str(e)})
-            continue
-        rgba, depth = render_views(ColoredMesh.from_vertex_colors(mesh), cams, K, p.view_res)
-        a, b = gt_rgba.astype(np.float32) / 255, rgba.astype(np.float32) / 255
-        on_white = [x[..., :3] * x[..., 3:] + (1 - x[..., 3:]) for x in (a, b)]
-        both = (gt_depth > 0) & (depth > 0)
-        s, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=np.random.default_rng(o.index))
-        surf = metrics.surface_metrics(s, o.gt_points)
-        rows.append({**row, "l_rgb": float(np.mean((on_white[0] - on_white[1]) ** 2)),
-                     "l_mask": float(np.mean((a[..., 3] - b[..., 3]) ** 2)),
-                     "l_depth": float(np.abs(gt_depth - depth)[both].mean()) if both.any() else None,
-                     "chamfer_l1": surf["chamfer_l1"], "f_score": surf["f_score"]})
-    keys = ("l_rgb", "l_mask", "l_depth", "iou", "chamfer_l1", "f_score")
-    return {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys} | {
-        "n_failed": sum("error" in r for r in rows)}
-
-
-def ablate_attention(with_dir, without_dir, objects, p, progress=True) -> dict:
-    from .checkpoint import load_vae
-
-    out = {}
-    for name, d in (("with", with_dir), ("without", without_dir)):
-        vae, cfg = load_vae(d)
-        t = cfg["train"]
-        out[name] = {"checkpoint": str(d), "attn": vae.cfg.attn,
-                     **render_losses(vae, objects, p, progress, desc=f"AE {name} attention"),
-                     "s_per_step": train_seconds_per_step(vae.cfg, t["batch_size"], t["n_points"], t["n_occ"]),
-                     "n_params": sum(q.numel() for q in vae.parameters())}
-    return out
-
-
-def ablate_attn_res(base_dir, resolutions, vae_dirs, objects, p, progress=True) -> dict:
-    """s / step at each r'' for the architecture of ``base_dir``; reconstruction of any given checkpoint."""
-    from .checkpoint import load_vae
-
-    base, cfg = load_vae(base_dir)
-    t = cfg["train"]
-    valid = [r for r in range(base.cfg.latent_res, base.cfg.volume_res + 1, base.cfg.latent_res)
-             if base.cfg.volume_res % r == 0]  # r'' is a multiple of r' and divides r
-    resolutions = resolutions or valid
-    bad = [r for r in resolutions if r not in valid]
-    if bad:
-        raise ValueError(f"--attn-res {bad}: r'' must be a multiple of the latent res {base.cfg.latent_res} "
-                         f"that divides the volume res {base.cfg.volume_res} (valid: {valid})")
-    rows = {}
-    for r in resolutions:
-        mcfg = type(base.cfg)(**{**asdict(base.cfg), "attn_res": int(r)})
-        rows[int(r)] = {"s_per_step": train_seconds_per_step(mcfg, t["batch_size"], t["n_points"], t["n_occ"])}
-    for d in vae_dirs or []:
-        vae, _ = load_vae(d)
-        r = int(vae.cfg.attn_res)
-        rows.setdefault(r, {})["checkpoint"] = str(d)
-        rows[r].update(render_losses(vae, objects, p, progress, desc=f"AE r''={r}"))
-    return {"volume_res": base.cfg.volume_res, "latent_res": base.cfg.latent_res, "rows": rows}
-
-
 # ----------------------------------------------------------------------------------- the command
 
 
@@ -349,8 +217,9 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
                    guidance_grid="1,2,5x1,2", vae_with=None, vae_without=None, attn_res=None,
                    attn_res_vaes=None, device=None, progress: bool = True) -> dict:
     """Run the protocol (module docstring) and the chosen ablations; the report dict."""
-    from .pipeline import Compress3DPipeline, pipeline_parts
-    from .samples import shipped_checkpoint
+    from ..pipeline import Compress3DPipeline, pipeline_parts
+    from ..samples import shipped_checkpoint
+    from .paper_ablations import ablate_attention, ablate_attn_res
 
     p = protocol or Protocol()
     if p.split not in SPLITS:
@@ -364,7 +233,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
     parts = pipeline_parts(pipeline)
-    objects = test_objects(p)
+    objects = paper_test_set(p)
     scorer = make_scorer(objects, p, pipe.tower, features)
     gi, gs = pipe.default_guidance["image"], pipe.default_guidance["shape"]
     vc = pipe.vae.cfg
@@ -399,7 +268,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
         report["ablations"]["attn_res"] = ablate_attn_res(vae_with or parts["vae"], attn_res, attn_res_vaes,
                                                           objects, p, progress)
     report["seconds"] = time.perf_counter() - t0
-    return _clean(report)
+    return clean(report)
 
 
 # ----------------------------------------------------------------------------------- the tables

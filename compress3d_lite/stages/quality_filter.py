@@ -1,8 +1,10 @@
-"""Quality filter: a small MLP that scores objects good / bad (docs/paper.md §6).
+"""The quality filter, a small MLP that scores objects good / bad (docs/paper.md §6): a model that
+curates data, trained on stage-2 shape embeddings (so it lives with the stages, and the data
+package stays free of models: ``data objaverse --filter`` receives a loaded filter).
 
 Compress3D labelled 2,500 Objaverse models good or bad by hand, trained an MLP classifier on them
 and kept the ~100K models it liked. The paper does not say what the classifier sees. Ours sees
-the shape embedding of the object's coloured surface points (``embed.embed_points`` with a
+the shape embedding of the object's coloured surface points (``stages.embed.embed_points`` with a
 stage-2 shape tower, by default the shipped ``embed_course`` one): that input is our choice.
 
     compress3d-lite data quality-filter train --data DIR --labels labels.csv --out CLS_DIR
@@ -22,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..embed import embed_points
+from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..data.io import read_index
 from ..samples import shipped_checkpoint
+from .embed import embed_points, load_towers
 
 LABELS = {"good": 1, "1": 1, "bad": 0, "0": 0}
 N_POINTS = 512  # surface points per object fed to the shape tower (what embed_course was trained on)
@@ -85,9 +89,6 @@ def train_filter(data_dir, labels_csv, out_dir, embed_dir=None, hidden: int = 64
                  val_fraction: float = 0.25, threshold: float = 0.5, seed: int = 0) -> dict:
     """Train the MLP on the labelled objects of ``data_dir`` (a held-out ``val_fraction`` is
     kept for the reported accuracy) and write it to ``out_dir`` (safetensors + config.json)."""
-    from ..checkpoint import load_towers, write_checkpoint
-    from .io import read_index
-
     embed_dir = Path(embed_dir or shipped_checkpoint("embed_course"))
     labels = read_labels(labels_csv)
     files = {e.get("uid") or Path(e["file"]).stem: Path(data_dir) / e["file"] for e in read_index(data_dir)["objects"]}
@@ -136,22 +137,20 @@ def train_filter(data_dir, labels_csv, out_dir, embed_dir=None, hidden: int = 64
 class QualityFilter:
     """A trained quality MLP with the shape tower whose embeddings it reads."""
 
-    def __init__(self, mlp, shape_tower, threshold: float):
-        self.mlp, self.shape_tower, self.threshold = mlp.eval(), shape_tower, threshold
+    def __init__(self, mlp, shape_tower, threshold: float, source: str = ""):
+        self.mlp, self.shape_tower, self.threshold, self.source = mlp.eval(), shape_tower, threshold, source
 
     @classmethod
     def load(cls, path) -> "QualityFilter":
-        from ..checkpoint import CheckpointError, _load_module, load_towers, read_config
-
         cfg = read_config(path)
         if cfg.get("kind") != "quality_mlp":
             raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a quality filter")
-        mlp = _load_module(path, cfg.get("model", {}), lambda d: make_mlp(d["dim"], d["hidden"]), "quality filter")
+        mlp = load_module(path, cfg.get("model", {}), lambda d: make_mlp(d["dim"], d["hidden"]), "quality filter")
         embed_dir = _embed_folder(cfg.get("embed", ""))
         _, shape_tower, tower_cfg = load_towers(embed_dir)
         if tower_cfg["fingerprint"] != cfg.get("shape_tower_fingerprint"):
             raise CheckpointError(f"{path}: trained on the embeddings of another shape tower than {embed_dir}")
-        return cls(mlp, shape_tower, float(cfg.get("threshold", 0.5)))
+        return cls(mlp, shape_tower, float(cfg.get("threshold", 0.5)), str(path))
 
     @torch.no_grad()
     def score(self, paths) -> np.ndarray:

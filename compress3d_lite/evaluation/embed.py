@@ -3,10 +3,10 @@
     compress3d-lite evaluate embed --split test --json embed.json
     compress3d-lite evaluate prior --split test --json prior.json
 
-Test objects are ``make_toy_object(SPLITS[split], i)``, i = 0 .. n-1 (default n = 112, 8 per
-category; the shipped towers and prior train on seed 0). Per object: the shape tower's input
-(``n_points`` coloured visible-surface samples, as in training) and ONE rendered view at a
-random orbit camera (elevation -10..40 deg, the training camera model), composited on white.
+Test objects are those of test_set.py (default n = 112, 8 per category; the shipped towers and
+prior train on seed 0). Per object: the shape tower's input (``n_points`` coloured
+visible-surface samples, as in training) and ONE rendered view at a random orbit camera
+(elevation -10..40 deg, the training camera model), composited on white.
 
     embed   image -> shape retrieval among the n test shapes: top-1 / top-5 (the own object)
             and category accuracy (the top-1 shape has the image's category); the reverse
@@ -26,55 +26,43 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import SPLITS, _clean
-from .samples import shipped_checkpoint
+from ..data.dataset import CATEGORY_NAMES
+from ..samples import shipped_checkpoint
+from ..stages.embed import embed_points, embed_rgba, load_towers
+from ..stages.prior import load_prior
+from .metrics import retrieval
+from .report import check_targets, clean, target_line
+from .test_set import SPLITS, held_out, input_view, surface_points
 
-EMBED_TARGETS = {"category_acc": 0.9}
-PRIOR_TARGETS = {"cosine": 0.8}
+EMBED_TARGETS = {"category_acc": (">=", 0.9)}
+PRIOR_TARGETS = {"cosine": (">=", 0.8)}
 
 
-def test_objects(split: str, n: int, n_points: int, resolution: int = 64, progress: bool = True) -> dict:
+def embedding_test_set(split: str, n: int, n_points: int, resolution: int = 64, progress: bool = True) -> dict:
     """{"points" (n, N, 3), "colors" (n, N, 3), "rgba" (n, 4, R, R) in [0, 1], "category" (n,),
     "names": [...]}: the evaluation inputs of objects 0..n-1 of ``split``; deterministic."""
     from tqdm.auto import tqdm
 
-    from .config import SampleSpec
-    from .data.dataset import CATEGORY_NAMES
-    from .data.render import intrinsics, orbit_cameras, render_views
-    from .data.sampling import sample_surface
-    from .data.toyshapes import make_toy_object
-
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    if n < 2:
-        raise ValueError("--n must be >= 2 (retrieval needs candidates)")
-    spec, seed = SampleSpec(), SPLITS[split]
     pts, cols, imgs, cats = [], [], [], []
-    for i in tqdm(range(n), desc=f"test objects ({split})", unit="obj", disable=not progress):
-        obj = make_toy_object(seed, i)
-        rng = np.random.default_rng([seed, i, 4])
-        p, c, _ = sample_surface(obj.colored_mesh(), n_points, rng, keep=obj.exposed)
-        cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
-        img, _ = render_views(obj.colored_mesh(), cam, intrinsics(resolution, spec.fov_deg), resolution)
+    for item in tqdm(held_out(split, n, "embed", min_n=2), desc=f"test objects ({split})", unit="obj",
+                     disable=not progress):  # retrieval needs candidates: n >= 2
+        p, c = surface_points(item, n_points)
+        rgba, _ = input_view(item, resolution)
         pts.append(p.astype(np.float32))
         cols.append(c.astype(np.float32))
-        imgs.append(img[0])
-        cats.append(CATEGORY_NAMES.index(obj.category))
+        imgs.append(rgba)
+        cats.append(CATEGORY_NAMES.index(item.category))
     return {"points": torch.from_numpy(np.stack(pts)), "colors": torch.from_numpy(np.stack(cols)),
             "rgba": torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0,
             "category": torch.tensor(cats), "names": [CATEGORY_NAMES[c] for c in cats]}
 
 
 def _embed_test(tower, shape_tower, data):
-    from .embed import embed_points, embed_rgba
-
     return embed_rgba(tower, data["rgba"]), embed_points(shape_tower, data["points"], data["colors"])
 
 
 def _per_category(queries, gallery, cats) -> dict:
     best = (queries @ gallery.t()).argmax(dim=1)
-    from .data.dataset import CATEGORY_NAMES
-
     out = {}
     for c in sorted(set(cats.tolist())):
         m = cats == c
@@ -82,21 +70,13 @@ def _per_category(queries, gallery, cats) -> dict:
     return out
 
 
-def _targets(values: dict, targets: dict) -> dict:
-    return {k: {"target": f">= {b}", "value": values.get(k), "pass": bool(values.get(k) is not None and values[k] >= b)}
-            for k, b in targets.items()}
-
-
 def evaluate_embed(embed=None, split: str = "test", n: int = 112, progress: bool = True,
                    data: dict | None = None) -> dict:
-    from .checkpoint import load_towers
-    from .metrics import retrieval
-
     t0 = time.perf_counter()
     embed = embed or shipped_checkpoint("embed_course")
     tower, shape_tower, scfg = load_towers(embed)
     n_points = int(scfg["train"]["n_points"])
-    data = data or test_objects(split, n, n_points, progress=progress)
+    data = data or embedding_test_set(split, n, n_points, progress=progress)
     e_i, e_s = _embed_test(tower, shape_tower, data)
     cats = data["category"]
     i2s = retrieval(e_i, e_s, cats, cats)
@@ -110,24 +90,21 @@ def evaluate_embed(embed=None, split: str = "test", n: int = 112, progress: bool
         "pair_cosine": float((e_i * e_s).sum(-1).mean()),
         "chance": {"top1": 1 / len(cats), "category_acc": 1 / len(set(cats.tolist()))},
         "categories": _per_category(e_i, e_s, cats),
-        "targets": _targets(i2s, EMBED_TARGETS),
+        "targets": check_targets(i2s, EMBED_TARGETS),
         "seconds": time.perf_counter() - t0,
     }
-    return _clean(report)
+    return clean(report)
 
 
 def evaluate_prior(prior=None, embed=None, split: str = "test", n: int = 112,
                    guidance: float = 1.0, steps: int | None = None, sampler: str | None = None, seed: int = 0,
                    progress: bool = True, data: dict | None = None) -> dict:
-    from .checkpoint import load_prior, load_towers
-    from .metrics import retrieval
-
     t0 = time.perf_counter()
     embed, prior = embed or shipped_checkpoint("embed_course"), prior or shipped_checkpoint("prior_course")
     tower, shape_tower, scfg = load_towers(embed)
     model, pcfg = load_prior(prior, image_tower=tower)
     n_points = int(scfg["train"]["n_points"])
-    data = data or test_objects(split, n, n_points, progress=progress)
+    data = data or embedding_test_set(split, n, n_points, progress=progress)
     e_i, e_s = _embed_test(tower, shape_tower, data)
     t1 = time.perf_counter()
     pred = model.sample(e_i, guidance=guidance, steps=steps, sampler=sampler,
@@ -149,10 +126,10 @@ def evaluate_prior(prior=None, embed=None, split: str = "test", n: int = 112,
         "cosine_mean_baseline": float((e_s @ torch.nn.functional.normalize(e_s.mean(0), dim=0)).mean()),
         "retrieval_predicted": predicted, "retrieval_raw_image": raw,
         "categories": _per_category(pred, e_s, cats),
-        "targets": _targets({"cosine": float(cos.mean())}, PRIOR_TARGETS),
+        "targets": check_targets({"cosine": float(cos.mean())}, PRIOR_TARGETS),
         "seconds": time.perf_counter() - t0,
     }
-    return _clean(report)
+    return clean(report)
 
 
 def format_embed(report: dict) -> str:
@@ -162,7 +139,7 @@ def format_embed(report: dict) -> str:
              f"shape -> image   top1 {b['top1']:.3f}  top5 {b['top5']:.3f}  category {b['category_acc']:.3f}",
              f"matched-pair cosine {report['pair_cosine']:.3f}   (chance: top1 {report['chance']['top1']:.3f}, "
              f"category {report['chance']['category_acc']:.3f})"]
-    return "\n".join(lines + [_target_line(k, t) for k, t in report["targets"].items()])
+    return "\n".join(lines + [target_line(k, t) for k, t in report["targets"].items()])
 
 
 def format_prior(report: dict) -> str:
@@ -175,8 +152,4 @@ def format_prior(report: dict) -> str:
              f"{report['cosine_mean_baseline']:.3f})",
              f"query = predicted e_s   top1 {p['top1']:.3f}  top5 {p['top5']:.3f}  category {p['category_acc']:.3f}",
              f"query = raw e_i         top1 {r['top1']:.3f}  top5 {r['top5']:.3f}  category {r['category_acc']:.3f}"]
-    return "\n".join(lines + [_target_line(k, t) for k, t in report["targets"].items()])
-
-
-def _target_line(k, t):
-    return f"target {k:<13} {t['target']:<7} {t['value']:.4f}  {'PASS' if t['pass'] else 'FAIL'}"
+    return "\n".join(lines + [target_line(k, t) for k, t in report["targets"].items()])

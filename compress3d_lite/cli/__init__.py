@@ -1,0 +1,84 @@
+"""``compress3d-lite``: the command line. One file per command group; each command imports what it
+needs only when it runs, so ``compress3d-lite --help`` imports no torch.
+
+    compress3d-lite generate IMAGE... -o OUT_DIR [--format glb|ply|obj] [--steps N] [--seed S] [--no-prior] [--res R]
+                                                        the main job: one image in, one coloured mesh out
+    compress3d-lite reconstruct MESH_OR_NPZ [--ckpt CKPT] -o OUT.glb [--res R] [--seed S] [--preset P]
+    compress3d-lite demo [--out DIR]                    an offline HTML page of a few toy objects and an imported mesh
+    compress3d-lite data toyshapes --n N --out DIR [--views V] [--seed S] [--res R] [--workers K] [--png]
+    compress3d-lite data import PATH... --out DIR [--views V] [--seed S] [--res R]
+    compress3d-lite data objaverse (--uids FILE | --n N) --out DIR [--source DIR] [--workers K] [--filter CLS_DIR]
+    compress3d-lite data quality-filter train --data DIR --labels CSV --out CLS_DIR
+    compress3d-lite data view OBJECT.npz [-o OUT.html]
+    compress3d-lite data sample-meshes --out DIR       our own small mesh files (data_samples/meshes)
+    compress3d-lite train {ae,embed,prior,diffusion} --preset {lite,course,colab_t4,a100_full} --out DIR [--resume]
+    compress3d-lite train {ae,embed,prior,diffusion} --preset P --dry-run [--json FILE]
+    compress3d-lite evaluate {ae,embed,prior,generate,paper} [--split test] [--json OUT] [--n N]
+
+    generate.py   generate, reconstruct, demo       data.py       data ...
+    train.py      train ...                         evaluate.py   evaluate ...
+
+Bad input ends with a one-line ``error: <file>: <problem>`` on stderr and exit code 2.
+A command group without a subcommand (``compress3d-lite``, ``compress3d-lite train``) prints its help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import data, evaluate, generate, train
+from .common import EXIT_BAD_INPUT, CLIError, print_help_of
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(prog="compress3d-lite",
+                                description="compress3d_lite: one image in, one coloured 3D mesh out, through "
+                                            "the four stages of Compress3D (arXiv 2403.13524).",
+                                epilog="Start with: compress3d-lite generate IMAGE -o OUT_DIR. "
+                                       "'compress3d-lite COMMAND --help' describes each command.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.set_defaults(func=print_help_of(p))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    generate.add_parsers(sub)  # generate (the main job), reconstruct, demo
+    data.add_parsers(sub)
+    train.add_parsers(sub)
+    evaluate.add_parsers(sub)
+    return p
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Errors that mean bad input or an impossible request (a message naming the thing, exit 2),
+    not a bug (a traceback). Their classes are imported only once one was raised."""
+    if isinstance(e, (CLIError, FileNotFoundError)):  # FileNotFoundError: also samples.SamplesNotFound
+        return True
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..data.images import ImageError
+    from ..data.io import DataFormatError
+    from ..data.mesh_import import MeshImportError
+    from ..models.image_tower import PretrainedWeightsUnavailable
+    from ..training.loop import TrainingError
+
+    return isinstance(e, (CheckpointError, ConfigError, ImageError, DataFormatError, MeshImportError,
+                          PretrainedWeightsUnavailable, TrainingError))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

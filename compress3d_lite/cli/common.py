@@ -1,0 +1,55 @@
+"""What the command modules share: the one-line user error, bare groups that print their help,
+and the sampling options of the data commands. Imports nothing heavy (``--help`` stays fast)."""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def print_help_of(parser):
+    """The command of a bare group (``compress3d-lite``, ``compress3d-lite train``): its help, exit 0."""
+    def show(args):
+        parser.print_help()
+        return 0
+    return show
+
+
+def group(sub, name: str, help: str, dest: str):
+    """A command group: a subparser whose own subcommands live under ``dest``; bare, it prints its help."""
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.set_defaults(func=print_help_of(parser))
+    return parser.add_subparsers(dest=dest, metavar="COMMAND")
+
+
+def add_sampling_args(p, views: int = 4) -> None:
+    p.add_argument("--views", type=int, default=views, help="rendered views per object (default %(default)s)")
+    p.add_argument("--res", type=int, default=128, help="view resolution in pixels (default %(default)s)")
+    p.add_argument("--points", type=int, default=4096, help="surface points per object (default %(default)s)")
+    p.add_argument("--occ", type=int, default=16384,
+                   help="occupancy queries per object, half uniform, half near the surface (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+
+
+def spec_from_args(args):
+    """The SampleSpec of the sampling options, or a CLIError naming the bad option."""
+    from ..config import SampleSpec
+
+    spec = SampleSpec(views=args.views, resolution=args.res, n_points=args.points,
+                      n_uniform=args.occ // 2, n_near=args.occ - args.occ // 2)
+    if spec.views < 0 or spec.resolution < 8 or spec.n_points < 1 or args.occ < 2:
+        raise CLIError("--views must be >= 0, --res >= 8, --points >= 1 and --occ >= 2")
+    return spec
+
+
+def json_path_arg(args, min_n: int = 2) -> None:
+    """``--json`` must not be a folder; ``--n`` at least ``min_n``."""
+    from pathlib import Path
+
+    if args.json and Path(args.json).is_dir():
+        raise CLIError(f"{args.json}: is a directory, not a .json file")
+    if args.n < min_n:
+        raise CLIError(f"--n must be >= {min_n}")

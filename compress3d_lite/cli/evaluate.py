@@ -1,0 +1,165 @@
+"""``compress3d-lite evaluate ae|embed|prior|generate|paper``: metrics of the trained stages on
+held-out toy objects (``compress3d_lite/evaluation/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import CLIError, group, json_path_arg
+
+SPLITS = ("train", "val", "test")
+SPLIT_HELP = "toy seed range: train 0, val 500, test 1000 (default %(default)s)"
+PIPELINE_HELP = "preset name or pipeline folder (default: the shipped course checkpoints)"
+
+
+def _write(report, args) -> None:
+    from ..evaluation.report import write_report
+
+    if args.json:
+        print(f"wrote {write_report(report, args.json)}")
+
+
+def cmd_evaluate_ae(args):
+    from ..evaluation.vae import evaluate_vae, format_table
+
+    if args.res < 8:
+        raise CLIError("--res must be >= 8")
+    json_path_arg(args, min_n=1)
+    report = evaluate_vae(args.ckpt, split=args.split, n=args.n, res=args.res, preset=args.preset)
+    print(f"evaluate ae: {report['checkpoint']} (preset {report['config']['preset']}, step "
+          f"{report['config']['step']}), split {args.split} (seed {report['seed']}), {args.n} objects, "
+          f"grid {args.res}^3, {report['timing']['total_seconds']:.0f} s")
+    print(format_table(report))
+    _write(report, args)
+    return 0
+
+
+def cmd_evaluate_embed(args):
+    from ..evaluation.embed import evaluate_embed, format_embed
+
+    json_path_arg(args)
+    report = evaluate_embed(args.embed, split=args.split, n=args.n)
+    print(f"evaluate embed: {report['embed']}, split {args.split} (seed {report['seed']}), {report['seconds']:.0f} s")
+    print(format_embed(report))
+    _write(report, args)
+    return 0
+
+
+def cmd_evaluate_prior(args):
+    from ..evaluation.embed import evaluate_prior, format_prior
+
+    json_path_arg(args)
+    report = evaluate_prior(args.prior, args.embed, split=args.split, n=args.n, guidance=args.guidance,
+                            steps=args.steps, sampler=args.sampler, seed=args.seed)
+    print(f"evaluate prior: {report['prior']}, split {args.split} (seed {report['seed']}), {report['seconds']:.0f} s")
+    print(format_prior(report))
+    _write(report, args)
+    return 0
+
+
+def cmd_evaluate_generate(args):
+    from ..evaluation.generate import evaluate_generate, format_generate
+
+    json_path_arg(args)
+    report = evaluate_generate(args.pipeline, split=args.split, n=args.n, res=args.res, steps=args.steps,
+                               guidance_image=args.guidance_image, guidance_shape=args.guidance_shape, seed=args.seed)
+    print(f"evaluate generate: pipeline {args.pipeline}, split {args.split} (seed {report['seed']}), "
+          f"{report['seconds']:.0f} s")
+    print(format_generate(report))
+    _write(report, args)
+    return 0
+
+
+def cmd_evaluate_paper(args):
+    from ..data.io import atomic_write_bytes
+    from ..evaluation.paper import ABLATIONS, Protocol, evaluate_paper, format_markdown
+    from ..evaluation.report import write_report
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder")
+    names = [a.strip() for a in args.ablations.split(",") if a.strip()]
+    ablations = ABLATIONS if names == ["all"] else () if names == ["none"] else tuple(names)
+    protocol = Protocol(split=args.split, n=args.n, views=args.views, view_res=args.view_res, mesh_res=args.mesh_res,
+                        steps=args.steps, seed=args.seed)
+    try:
+        report = evaluate_paper(args.pipeline, protocol, ablations, features=args.fid_features,
+                                guidance_grid=args.guidance_grid, vae_with=args.vae_with, vae_without=args.vae_without,
+                                attn_res=args.attn_res, attn_res_vaes=args.attn_res_vaes, device=args.device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    md = format_markdown(report)
+    print(md)
+    write_report(report, out / "paper_eval.json")
+    atomic_write_bytes(out / "paper_eval.md", md.encode())
+    print(f"wrote {out / 'paper_eval.json'} and {out / 'paper_eval.md'}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    ev = group(sub, "evaluate", "metrics of a trained stage on held-out toy objects", "stage")
+
+    eva = ev.add_parser("ae", help="the triplane VAE: IoU, Chamfer-L1, F-score@0.02, colour PSNR")
+    eva.add_argument("--ckpt", default=None, help="VAE checkpoint folder (default: the shipped course VAE)")
+    eva.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    eva.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
+    eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
+    eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
+    eva.set_defaults(func=cmd_evaluate_ae)
+
+    def common(q):
+        q.add_argument("--embed", default=None, help="output folder of train embed (default: the shipped course towers)")
+        q.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+        q.add_argument("--n", type=int, default=112, help="objects, 8 per category at 112 (default %(default)s)")
+        q.add_argument("--json", default=None, help="write the full report here")
+
+    eve = ev.add_parser("embed", help="the towers: image -> shape retrieval, category accuracy")
+    common(eve)
+    eve.set_defaults(func=cmd_evaluate_embed)
+
+    evp = ev.add_parser("prior", help="the prior: cosine to the true shape embedding, retrieval")
+    common(evp)
+    evp.add_argument("--prior", default=None, help="prior folder (default: the shipped course prior)")
+    evp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
+    evp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's config)")
+    evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"],
+                     help="diffusers scheduler for sampling (default: the prior's config)")
+    evp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default %(default)s)")
+    evp.set_defaults(func=cmd_evaluate_prior)
+
+    evg = ev.add_parser("generate", help="image -> mesh on held-out objects: IoU, Chamfer, category, image similarity")
+    evg.add_argument("--pipeline", default="course", help=PIPELINE_HELP)
+    evg.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evg.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evg.add_argument("--guidance-image", type=float, default=None, help="image guidance scale (default: the checkpoint's)")
+    evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
+    evg.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    evg.add_argument("--json", default=None, help="write the full report here")
+    evg.set_defaults(func=cmd_evaluate_generate)
+
+    evr = ev.add_parser("paper", help="the paper's protocol: FID, CLIP similarity, IoU/CD/F, ablations; "
+                                      "JSON + markdown tables beside the paper's numbers")
+    evr.add_argument("--pipeline", default="course", help=PIPELINE_HELP)
+    evr.add_argument("--out", default="outputs/paper_eval", help="folder for paper_eval.json/.md (default %(default)s)")
+    evr.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
+    evr.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+    evr.add_argument("--views", type=int, default=4, help="rendered views per asset (default %(default)s)")
+    evr.add_argument("--view-res", type=int, default=128, help="render resolution (default %(default)s)")
+    evr.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+    evr.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evr.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    evr.add_argument("--ablations", default="prior",
+                     help="comma list of prior, guidance, attention, attn_res; or all / none (default %(default)s)")
+    evr.add_argument("--guidance-grid", default="1,2,5x1,2", help="image scales x shape scales (default %(default)s)")
+    evr.add_argument("--fid-features", default="auto", choices=["auto", "inception", "tower"],
+                     help="Inception-v3 when its weights are here (auto), else the pipeline's open_clip tower")
+    evr.add_argument("--vae-with", default=None, help="attention ablation: VAE with attention (default: the pipeline's)")
+    evr.add_argument("--vae-without", default=None,
+                     help="attention ablation: VAE without (default: shipped vae_course_noattn)")
+    evr.add_argument("--attn-res", type=int, nargs="+", default=None, help="r'' values to time (default: all valid)")
+    evr.add_argument("--attn-res-vaes", nargs="+", default=None, help="VAE checkpoints trained at other r''")
+    evr.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    evr.set_defaults(func=cmd_evaluate_paper)

@@ -1,0 +1,142 @@
+"""``compress3d-lite train ae|embed|prior|diffusion``: train a stage, or size it with --dry-run.
+Each command only parses; the stage modules (``compress3d_lite/stages/``) do the work."""
+
+from __future__ import annotations
+
+from ..config import PRESET_NAMES
+from .common import CLIError, group
+
+
+def _require(args, *names):
+    """--out, --vae, ... are required unless --dry-run (argparse cannot say 'unless')."""
+    missing = [f"--{n}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise CLIError(f"{', '.join(missing)} required (or --dry-run to size the run without training)")
+
+
+def _train_overrides(args) -> dict:
+    """TrainConfig fields given on the command line."""
+    return {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed),
+                              ("n_train", getattr(args, "n_train", None)),
+                              ("num_workers", getattr(args, "num_workers", None))) if v is not None}
+
+
+def _dry_run(stage, args, **overrides):
+    """``train STAGE --preset P --dry-run [--json FILE]`` (stages/dryrun.py)."""
+    from ..stages.dryrun import dry_run, format_dry_run, write_json
+
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    try:
+        report = dry_run(stage, args.preset, overrides=overrides)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(format_dry_run(report))
+    if args.json:
+        print(f"wrote {write_json(report, args.json)}")
+    return 0
+
+
+def cmd_train_ae(args):
+    overrides = {k: v for k, v in (("attn", False if args.no_attn else None), ("attn_res", args.attn_res),
+                                   ("render_loss", True if args.render_loss else None),
+                                   ("grad_checkpoint", True if args.grad_checkpoint else None)) if v is not None}
+    if args.dry_run:
+        return _dry_run("ae", args, **overrides)
+    _require(args, "out")
+    from ..stages.vae import train_vae
+
+    train_vae(args.preset, args.out, data=args.data, resume=args.resume, overrides=overrides,
+              train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def cmd_train_embed(args):
+    if args.dry_run:
+        return _dry_run("embed", args, **({"image_tower": args.image_tower} if args.image_tower else {}))
+    _require(args, "out")
+    from ..stages.embed import train_embed
+
+    train_embed(args.preset, args.out, data=args.data, resume=args.resume, image_tower=args.image_tower,
+                train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def cmd_train_prior(args):
+    if args.dry_run:
+        return _dry_run("prior", args)
+    _require(args, "out", "embed")
+    from ..stages.prior import train_prior
+
+    train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume,
+                train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def cmd_train_diffusion(args):
+    overrides = {"grad_checkpoint": True} if args.grad_checkpoint else {}
+    if args.dry_run:
+        return _dry_run("diffusion", args, **overrides)
+    _require(args, "out", "vae", "embed")
+    from ..stages.unet import train_unet
+
+    train_unet(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume,
+               overrides=overrides, train_overrides=_train_overrides(args), half=args.half)
+    return 0
+
+
+def _common(q, what: str) -> None:
+    q.add_argument("--preset", default="course", choices=PRESET_NAMES,
+                   help="lite, course, colab_t4 or a100_full (default %(default)s)")
+    q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
+    q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    q.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size (per process)")
+    q.add_argument("--seed", type=int, default=None, help="override the preset's seed (data order, init)")
+    q.add_argument("--half", action="store_true", help="store the final weights in fp16")
+    q.add_argument("--dry-run", action="store_true",
+                   help="build the model at the preset, print parameters, memory per GPU, FLOPs and estimated "
+                        "time per step, run one optimiser step on random data; train nothing, download nothing")
+    q.add_argument("--json", default=None, help="with --dry-run: write all the numbers to this JSON file")
+
+
+def add_parsers(sub) -> None:
+    tr = group(sub, "train", "train a stage", "stage")
+
+    ae = tr.add_parser("ae", help="the triplane VAE (stage 1)")
+    _common(ae, "model/")
+    ae.add_argument("--data", default=None, help="dataset folder (default: generate the toy set into OUT/data)")
+    ae.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    ae.add_argument("--num-workers", type=int, default=None, help="data-loading processes (a GPU wants several)")
+    ae.add_argument("--no-attn", action="store_true", help="ablation: no 3D-aware cross-attention")
+    ae.add_argument("--attn-res", type=int, default=None, help="r'': resolution of the queried volume")
+    ae.add_argument("--render-loss", action="store_true",
+                    help="add the paper's rgb/mask/depth render losses (x10, x10, x0.1) of the field")
+    ae.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and the 3D-aware attention in the backward pass (less memory)")
+    ae.set_defaults(func=cmd_train_ae)
+
+    em = tr.add_parser("embed", help="image and shape towers, contrastive alignment (stage 2)")
+    _common(em, "image_tower/, shape_tower/")
+    em.add_argument("--data", default=None, help="dataset folder with rendered views (default: generate toy objects)")
+    em.add_argument("--n-train", type=int, default=None, help="toy objects to generate when no --data")
+    em.add_argument("--image-tower", default=None,
+                    help="override the preset's image tower: toy, toy_lite, vit_b32, vit_bigg14")
+    em.set_defaults(func=cmd_train_embed)
+
+    pr = tr.add_parser("prior", help="the diffusion prior, image embedding -> shape embedding (stage 3)")
+    _common(pr, "prior/, embeddings.safetensors")
+    pr.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
+    pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    pr.set_defaults(func=cmd_train_prior)
+
+    df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
+    _common(df, "unet/, latents.safetensors")
+    df.add_argument("--vae", default=None, help="the VAE model folder (its latent space and latent stats; "
+                    "required unless --dry-run)")
+    df.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
+    df.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    df.add_argument("--grad-checkpoint", action="store_true",
+                    help="recompute the ResBlocks and cross-attention in the backward pass (~3x less activation "
+                         "memory, ~1/3 more compute)")
+    df.set_defaults(func=cmd_train_diffusion)

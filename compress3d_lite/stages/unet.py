@@ -1,0 +1,195 @@
+"""Stage 4, the triplane latent diffusion (docs/paper.md §5): presets, the training run on the VAE's
+normalised latents conditioned on the towers' embeddings, loading, and the dry-run setup.
+
+    compress3d-lite train diffusion --preset course --vae data_samples/checkpoints/vae_course \
+        --embed data_samples/checkpoints/embed_course --data runs/toy2048 --out runs/unet_course
+
+The model and its loss are ``models/triplane_unet.py`` (``TriplaneUNet``, ``UNetConfig``); the
+noise schedule and sampler are ``diffusion.py``. A run caches latents and embeddings
+(``OUT/latents.safetensors``) and writes ``OUT/unet``, whose config records the VAE, the image
+tower and the shape tower it belongs to, the latent statistics, and its default guidance scales.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..config import Config, choose_preset
+from ..data.dataset import drawn_view
+from ..diffusion import DiffusionConfig, make_scheduler
+from ..models.image_tower import fingerprint
+from ..models.triplane_unet import TriplaneUNet, UNetConfig
+from ..training.loop import Objective, TrainConfig, TrainingError, cached_tensors, fit, make_accelerator, resume_point
+from ..training.measure import Setup, random_unit, without_checkpointing
+from .embed import embed_folder, embed_preset, load_towers
+from .vae import encode_latents, latent_stats, load_vae, vae_preset
+
+KIND = "triplane_unet"
+
+
+# ------------------------------------------------------------------------------------------ presets
+
+
+def _v_prediction() -> DiffusionConfig:
+    return DiffusionConfig(prediction_type="v_prediction")
+
+
+@dataclass
+class UNetPreset(Config):
+    """A UNet run: the network, its noise schedule and sampler (v-prediction), the training run."""
+
+    model: UNetConfig
+    train: TrainConfig
+    diffusion: DiffusionConfig = field(default_factory=_v_prediction)
+
+
+PRESETS = {
+    "lite": UNetPreset(UNetConfig(latent_channels=4, latent_res=8, channels=(16, 32), embed_dim=64, time_dim=32,
+                                  heads=2),
+                       TrainConfig(steps=200, batch_size=16, lr=1e-3, warmup_steps=20, log_every=20, ckpt_every=100)),
+    "course": UNetPreset(UNetConfig(), TrainConfig(steps=4000, batch_size=32, lr=1e-3, warmup_steps=100,
+                                                   log_every=50, ckpt_every=500)),
+    "colab_t4": UNetPreset(UNetConfig(latent_channels=16, latent_res=32, channels=(128, 256, 384),
+                                      blocks_per_level=2, attn_levels=(1, 2), heads=8, embed_dim=512, time_dim=256),
+                           TrainConfig(steps=200_000, batch_size=32, lr=1e-4, mixed_precision="fp16",
+                                       ckpt_every=5000, log_every=100)),
+    # paper: 864M params, 8 x A100 for 4 days (docs/paper.md §5)
+    "a100_full": UNetPreset(UNetConfig(latent_channels=32, latent_res=32, channels=(320, 640, 960, 1152),
+                                       blocks_per_level=2, attn_levels=(1, 2, 3), heads=16, embed_dim=1280,
+                                       time_dim=512),
+                            TrainConfig(steps=500_000, batch_size=32, lr=1e-4, mixed_precision="bf16",
+                                        ckpt_every=5000, log_every=100)),
+}
+
+
+def unet_preset(name: str, model: dict | None = None, train: dict | None = None) -> UNetPreset:
+    """A copy of the named preset with validated changes to its UNetConfig / TrainConfig."""
+    return choose_preset(PRESETS, name, "diffusion").override(model=model or {}, train=train or {})
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+class LatentTriples(torch.utils.data.Dataset):
+    """(normalised VAE latent, image embedding of one view, shape embedding) per object."""
+
+    def __init__(self, latents, e_i, e_s, seed: int = 0):
+        self.z, self.e_i, self.e_s, self.seed = latents, e_i, e_s, seed  # (N, 3, c', r', r'), (N, V, D), (N, D)
+
+    def __len__(self):
+        return len(self.z)
+
+    def __getitem__(self, key):
+        i, v = drawn_view(key, self.seed, self.e_i.shape[1])
+        return {"z": self.z[i], "e_i": self.e_i[i, v], "e_s": self.e_s[i]}
+
+
+def unet_step(model, batch):
+    """The UNet's training step: batch z (B, 3, c', r', r'), e_i (B, D), e_s (B, D) -> (loss, {})."""
+    return model(batch["z"], batch["e_i"], batch["e_s"]), {}
+
+
+def build_unet(p: UNetPreset, meta: bool = False) -> tuple:
+    """(TriplaneUNet, its training module) for a preset whose latent size and embedding size are
+    set: what training and the dry run run. ``meta``: the network on the meta device."""
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        unet = TriplaneUNet(p.model)
+    return unet, Objective("unet", unet, make_scheduler(p.diffusion, "ddpm"))
+
+
+def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
+               train_overrides: dict | None = None, half: bool = False, progress: bool = True,
+               stop_after: int | None = None, overrides: dict | None = None) -> dict:
+    """Train the triplane UNet on the normalised VAE latents of a data set, conditioned on the
+    towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
+    embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``.
+    ``overrides`` / ``train_overrides``: UNetConfig / TrainConfig fields."""
+    out = Path(out)
+    p = unet_preset(preset, overrides, train_overrides)
+    tcfg = p.train
+    accelerator = make_accelerator(tcfg)
+    vae_model, vae_cfg = load_vae(vae, device=accelerator.device)
+    tower, shape_tower, shape_cfg = load_towers(embed, device=accelerator.device)
+    mean, std = latent_stats(vae_cfg, accelerator.device)
+    if mean is None:
+        raise TrainingError(f"{vae}: has no latent_stats (a training checkpoint?); use the final model/ folder")
+    # the UNet lives in the VAE's latent space and the towers' embedding space
+    p.model = p.model.override(latent_channels=vae_model.cfg.latent_channels, latent_res=vae_model.cfg.latent_res,
+                               embed_dim=tower.cfg.embed_dim)
+    model_cfg = {"unet": p.model.to_dict(), "diffusion": p.diffusion.to_dict()}
+    start = 0
+    if resume:
+        start, tcfg = resume_point(out, "diffusion_training", preset, model_cfg, tcfg)
+    torch.manual_seed(tcfg.seed)
+    folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
+    saved = cached_tensors(out / "latents.safetensors", accelerator, lambda: {
+        "mu": encode_latents(vae_model, folder, int(vae_cfg["train"]["n_points"]), accelerator.device,
+                             progress=progress),
+        **embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)})
+    z = (saved["mu"] - mean[0].cpu()) / std[0].cpu()  # (N, 3, c', r', r'), about unit variance per channel
+    dataset = LatentTriples(z, saved["e_i"], saved["e_s"], seed=tcfg.seed)
+    unet, model = build_unet(p)
+    links = {"vae": {"preset": vae_cfg.get("preset"), "weights": fingerprint(vae_model.state_dict())},
+             "image_tower": tower.identity(), "shape_tower": shape_cfg.get("fingerprint")}
+    config = {"kind": "diffusion_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
+              "data": {"folder": str(folder), "n_objects": len(dataset), "views": int(saved["e_i"].shape[1])},
+              **links}
+    if accelerator.is_main_process:
+        n_params = sum(q.numel() for q in unet.parameters())
+        print(f"train diffusion: preset {preset}, {n_params / 1e6:.2f}M params, latent {tuple(z.shape[1:])}, "
+              f"{len(dataset)} objects x {saved['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
+              f"device {accelerator.device}")
+
+    def finalize(net, step, record):
+        write_checkpoint(out / "unet", net.unet.state_dict(),
+                         {"kind": KIND, "preset": preset, "model": p.model.to_dict(),
+                          "diffusion": p.diffusion.to_dict(), **links, "latent_stats": vae_cfg["latent_stats"],
+                          "train": tcfg.to_dict(), "data": config["data"], "step": step}, half=half)
+        print(f"wrote {out / 'unet'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
+
+    return fit(accelerator, model, dataset, unet_step, tcfg, out, config, start, resume, finalize, progress,
+               stop_after, desc="train diffusion")
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_unet(path, device="cpu"):
+    """(TriplaneUNet in eval mode, config dict) from a checkpoint folder; the model carries its
+    ``diffusion_cfg`` (schedule, parametrisation, sampler)."""
+    cfg = read_config(path)
+    if cfg.get("kind") != KIND:
+        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a triplane UNet")
+    model = load_module(path, cfg, lambda d: TriplaneUNet(UNetConfig.from_dict(d["model"])), "UNet")
+    model.diffusion_cfg = DiffusionConfig.from_dict(cfg["diffusion"])
+    return model.to(device).eval(), cfg
+
+
+# ------------------------------------------------------------------------------------------ dry run
+
+
+def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None):
+    """The training module, step and random batches of ``train diffusion --preset``: the UNet in
+    the latent space of the same preset's VAE and the same preset's towers (training/measure.py).
+    ``overrides``: UNetConfig fields (e.g. ``grad_checkpoint``)."""
+    p = unet_preset(preset, overrides)
+    ae = vae_preset(preset).model
+    p.model = p.model.override(latent_channels=ae.latent_channels, latent_res=ae.latent_res,
+                               embed_dim=embed_preset(preset).tower.embed_dim)
+    ucfg = p.model
+    on = without_checkpointing(ucfg)
+    unet, model = build_unet(p, meta)
+    shape = (3, ucfg.latent_channels, ucfg.latent_res, ucfg.latent_res)
+
+    def batch(n, g):
+        return {"z": torch.randn(n, *shape, generator=g), "e_i": random_unit(n, ucfg.embed_dim, g),
+                "e_s": random_unit(n, ucfg.embed_dim, g)}
+
+    notes = [f"latent {'x'.join(map(str, shape))}, channels {tuple(ucfg.channels)}, "
+             f"{ucfg.blocks_per_level} blocks per level, cross-attention at levels {tuple(ucfg.attn_levels)}"]
+    return Setup(model, unet_step, batch, p.train, {"UNet": unet}, TriplaneUNet.checkpointed, on, 1, notes)
