@@ -145,3 +145,26 @@ def test_notebooks_find_shipped_files_through_the_package_not_relative_paths():
     for p in NOTEBOOKS:
         code = "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
         assert not re.search(r"[\"']\.\./|data_samples/|sys\.path\.insert", code), p.name
+
+
+def test_file_names_in_prose_and_docstrings_exist():
+    """`models/prior.py`, ``stages/vae.py``, (evaluation/paper.py): every Python file the docs,
+    notebooks and docstrings name is one the repository holds (a move renames it everywhere)."""
+    ours = ("compress3d_lite/", "tests/", "benchmarks/", "docs/", ".ci/", "models/", "stages/", "data/",
+            "evaluation/", "training/", "cli/")
+    files = [str(p.relative_to(ROOT)) for p in tracked(".py")] + [
+        str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if ".git" not in p.parts]
+    names = {Path(f).name for f in files}
+    bad = []
+    for path, text in texts(".md", ".ipynb", ".py").items():
+        for m in re.finditer(r"``?([\w./-]+\.py)``?|\(([\w/.-]+/[\w.-]+\.py)\)", text):
+            ref = m.group(1) or m.group(2)
+            if "/" not in ref:
+                ok = ref in names
+            elif ref.startswith(ours):
+                ok = any(f.endswith(ref) for f in files)
+            else:
+                continue  # another project's file
+            if not ok:
+                bad.append(f"{path}: {ref}")
+    assert not bad, "names of files that do not exist:\n" + "\n".join(sorted(set(bad)))
