@@ -7,6 +7,7 @@ stage module (``compress3d_lite/stages/``) and checks what belongs together.
 A checkpoint is a folder:
 
     model.safetensors   weights (fp32 while training; the shipped ones are fp16)
+    ema.safetensors     the exponential moving average of the weights, when the run kept one
     config.json         {"format", "kind", "preset", "model": {...}, "train": {...}, "data": {...},
                          "step", "latent_stats": {"mean": [c'], "std": [c']}, ...}
     trainer/            optimiser, scheduler, RNG and data-order state for an exact resume
@@ -33,18 +34,37 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or of the wrong kind; message names the path."""
 
 
+def _tensors(state_dict: dict, half: bool) -> dict:
+    return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in state_dict.items()}
+
+
+def write_files(folder, state_dict: dict, config: dict, extra_weights: dict | None = None,
+                half: bool = False) -> None:
+    """``model.safetensors`` + ``config.json`` (and ``extra_weights``: file name -> state dict,
+    e.g. ``ema.safetensors``) into an existing ``folder``, each file written to a temporary name
+    and renamed into place."""
+    folder = Path(folder)
+    files = {"model.safetensors": state_dict, **(extra_weights or {})}
+    for name, state in files.items():
+        tmp = folder / f".{name}.tmp"
+        save_file(_tensors(state, half), str(tmp))
+        os.replace(tmp, folder / name)
+    tmp = folder / ".config.json.tmp"
+    tmp.write_text(json.dumps({"format": FORMAT, **config}, indent=1) + "\n")
+    os.replace(tmp, folder / "config.json")
+
+
 def write_checkpoint(path, state_dict: dict, config: dict, extra_dirs: dict | None = None,
-                     half: bool = False) -> Path:
-    """Write ``path/`` atomically. ``extra_dirs`` maps sub-folder names to callables that fill
-    a given folder (e.g. accelerate's ``save_state``)."""
+                     half: bool = False, extra_weights: dict | None = None) -> Path:
+    """Write the folder ``path/`` atomically: filled under a temporary name, then renamed into
+    place. ``extra_dirs`` maps sub-folder names to callables that fill a given folder (e.g.
+    accelerate's ``save_state``); ``extra_weights`` as in ``write_files``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-                   for k, v in state_dict.items()}
-        save_file(tensors, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=1) + "\n")
+        write_files(tmp, state_dict, config, extra_weights, half)
         for name, fill in (extra_dirs or {}).items():
             (tmp / name).mkdir()
             fill(tmp / name)
@@ -63,6 +83,33 @@ def write_checkpoint(path, state_dict: dict, config: dict, extra_dirs: dict | No
     return path
 
 
+def resolve_folder(spec, revision: str | None = None, cache_dir=None, local_files_only: bool = False,
+                   token=None, force_download: bool = False) -> Path:
+    """A checkpoint folder on this machine for ``spec``: a folder path as it is, or a Hugging Face
+    Hub repo id (``org/name``) as its snapshot -- downloaded once, then read from the local
+    Hugging Face cache (offline too, with ``HF_HUB_OFFLINE=1``). A CheckpointError says which."""
+    path = Path(spec)
+    if path.exists() or isinstance(spec, Path):
+        return path
+    text = str(spec)
+    parts = text.split("/")
+    if len(parts) != 2 or not all(parts) or text.startswith((".", "~")):
+        raise CheckpointError(f"{spec}: no such checkpoint (neither a folder nor a Hub repo id 'org/name')")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token,
+                                      local_files_only=local_files_only, force_download=force_download))
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{spec}: not a folder here, and no snapshot of the Hub repo {text!r} in the local "
+                              "Hugging Face cache (offline); download it once with "
+                              f"`hf download {text}` on a machine with internet") from None
+    except Exception as e:  # repository not found, no access, network errors
+        raise CheckpointError(f"{spec}: not a folder here, and the Hub repo {text!r} could not be fetched "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
 def read_config(path) -> dict:
     path = Path(path)
     cfg_file = path / "config.json"
@@ -79,8 +126,8 @@ def read_config(path) -> dict:
     return cfg
 
 
-def read_weights(path) -> dict:
-    file = Path(path) / "model.safetensors"
+def read_weights(path, name: str = "model.safetensors") -> dict:
+    file = Path(path) / name
     if not file.exists():
         raise CheckpointError(f"{file}: missing")
     head = file.read_bytes()[:64]
@@ -92,15 +139,15 @@ def read_weights(path) -> dict:
         raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
 
 
-def load_module(path, cfg, build, what: str):
-    """``build(cfg)`` with the weights of the checkpoint at ``path`` loaded into it (fp16 files are
-    widened to fp32). A config that does not build, or weights that do not fit, is a CheckpointError
-    naming the folder."""
+def load_module(path, cfg, build, what: str, weights: str = "model.safetensors"):
+    """``build(cfg)`` with the weights of the checkpoint at ``path`` (the file ``weights``) loaded
+    into it (fp16 files are widened to fp32). A config that does not build, or weights that do not
+    fit, is a CheckpointError naming the folder."""
     try:
         model = build(cfg)
     except (KeyError, TypeError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: bad {what} config ({e})") from None
-    weights = read_weights(path)
+    weights = read_weights(path, weights)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except RuntimeError as e:

@@ -25,7 +25,7 @@ def test_evaluate_embed_and_prior_on_the_shipped_checkpoints(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["evaluate", "embed", "--embed", "no/such/dir"], "no/such/dir: no such folder"),
+    (["evaluate", "embed", "--embed", "no/such/dir"], "no/such/dir: no such checkpoint"),
     (["evaluate", "embed", "--n", "1"], "--n must be >= 2"),
     (["evaluate", "prior", "--prior", str(CKPTS / "embed_course" / "shape_tower")], "not a diffusion prior"),
     (["evaluate", "prior", "--prior", str(CKPTS / "vae_course")], "not a diffusion prior"),

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "compress3d_lite"
 ALLOWED = {
     "config": set(), "samples": set(),
     "data": {"config"},
-    "models": {"config", "diffusion"},
+    "models": {"config", "diffusion", "checkpoint"},  # checkpoint: save_pretrained / from_pretrained (models/hub.py)
     "diffusion": {"config"},
     "checkpoint": set(),
     "mesh": {"config", "data"},

@@ -24,6 +24,7 @@ from ..config import Config
 from .attention3d import AwareCrossAttention3D
 from .blocks import Downsample, ResBlock, Upsample, checkpointed, norm
 from .field_renderer import render_losses
+from .hub import HubMixin
 from .pointnet import LocalPoolPointNet
 from .triplane import VolumeToPlanes, sample_triplane, scatter_to_volume
 
@@ -136,8 +137,14 @@ class FieldHeads(nn.Module):
         return self.occ(h)[..., 0], torch.sigmoid(self.rgb(h))
 
 
-class TriplaneVAE(nn.Module):
+class TriplaneVAE(nn.Module, HubMixin):
     checkpointed = (ResBlock, AwareCrossAttention3D)  # what cfg.grad_checkpoint recomputes in backward
+    kind = "triplane_vae"  # its checkpoints (hub.py: save_pretrained / from_pretrained / push_to_hub)
+    what = "triplane VAE"
+
+    @classmethod
+    def from_checkpoint_config(cls, cfg: dict) -> "TriplaneVAE":
+        return cls(AEConfig.from_dict(cfg["model"]))
 
     def __init__(self, cfg):
         super().__init__()

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
+from .hub import HubMixin
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's normalisation (also for toy towers)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -103,8 +104,18 @@ def fetch_pretrained(arch: str, tag: str) -> None:
                                            f"local cache and huggingface.co cannot be reached; {how}")
 
 
-class ImageTower(nn.Module):
+class ImageTower(nn.Module, HubMixin):
     """(B, 3, S, S) normalised pixels -> (B, D) unit-norm image embeddings."""
+
+    kind = "image_tower"  # a tower trained here; pretrained ones load by name (``ImageTower.pretrained``)
+    what = "image tower"
+
+    @classmethod
+    def from_checkpoint_config(cls, cfg: dict) -> "ImageTower":
+        return cls(ImageTowerConfig.from_dict(cfg["model"]))
+
+    def checkpoint_config(self) -> dict:
+        return {**super().checkpoint_config(), "identity": self.identity()}
 
     def __init__(self, cfg, visual: nn.Module | None = None, mean=OPENAI_MEAN, std=OPENAI_STD):
         super().__init__()

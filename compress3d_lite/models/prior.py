@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..diffusion import diffusion_loss, sample
+from ..diffusion import DiffusionConfig, diffusion_loss, sample
 from .blocks import timestep_embedding
+from .hub import HubMixin
 
 
 @dataclass
@@ -53,7 +54,17 @@ class PriorBlock(nn.Module):
         return h + self.fc2(F.silu(self.fc1(self.norm(h)) + c))
 
 
-class DiffusionPrior(nn.Module):
+class DiffusionPrior(nn.Module, HubMixin):
+    kind = "diffusion_prior"
+    what = "diffusion prior"
+
+    @classmethod
+    def from_checkpoint_config(cls, cfg: dict) -> "DiffusionPrior":
+        return cls(PriorConfig.from_dict(cfg["model"]), DiffusionConfig.from_dict(cfg["diffusion"]))
+
+    def checkpoint_config(self) -> dict:
+        return {**super().checkpoint_config(), "diffusion": self.diffusion_cfg.to_dict()}
+
     def __init__(self, cfg, diffusion_cfg):
         super().__init__()
         assert cfg.depth % 2 == 0, "depth must be even (long skips pair block k with block depth-k+1)"

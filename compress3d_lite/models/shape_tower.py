@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
+from .hub import HubMixin
 from .pointnet import LocalPoolPointNet
 
 
@@ -29,8 +30,15 @@ class ShapeTowerConfig(Config):
     embed_dim: int = 256  # = the image tower's embed_dim
 
 
-class ShapeTower(nn.Module):
+class ShapeTower(nn.Module, HubMixin):
     """(B, N, 3) xyz + (B, N, 3) rgb -> (B, D) unit-norm shape embeddings."""
+
+    kind = "shape_tower"
+    what = "shape tower"
+
+    @classmethod
+    def from_checkpoint_config(cls, cfg: dict) -> "ShapeTower":
+        return cls(ShapeTowerConfig.from_dict(cfg["model"]))
 
     def __init__(self, cfg):
         super().__init__()

@@ -33,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..diffusion import diffusion_loss
+from ..diffusion import DiffusionConfig, diffusion_loss
 from .blocks import Downsample, Upsample, checkpointed, norm, timestep_embedding
+from .hub import HubMixin
 
 
 @dataclass
@@ -122,16 +123,26 @@ class CrossAttention(nn.Module):
         return x + out.transpose(1, 2).reshape(B, 3, C, R, R)
 
 
-class TriplaneUNet(nn.Module):
+class TriplaneUNet(nn.Module, HubMixin):
     """forward(x_t (B, 3, c', r', r'), t (B,), e_i (B, D), e_s (B, D), drop_image (B,) bool,
-    drop_shape (B,) bool) -> the model output (B, 3, c', r', r') under the scheduler's
-    parametrisation."""
+    drop_shape (B,) bool) -> the model output (B, 3, c', r', r') under the parametrisation of
+    ``diffusion_cfg`` (v-prediction in every preset)."""
 
     checkpointed = (TriplaneResBlock, CrossAttention)  # what cfg.grad_checkpoint recomputes in backward
+    kind = "triplane_unet"
+    what = "triplane UNet"
 
-    def __init__(self, cfg):
+    @classmethod
+    def from_checkpoint_config(cls, cfg: dict) -> "TriplaneUNet":
+        return cls(UNetConfig.from_dict(cfg["model"]), DiffusionConfig.from_dict(cfg["diffusion"]))
+
+    def checkpoint_config(self) -> dict:
+        return {**super().checkpoint_config(), "diffusion": self.diffusion_cfg.to_dict()}
+
+    def __init__(self, cfg, diffusion_cfg=None):
         super().__init__()
         self.cfg = cfg
+        self.diffusion_cfg = diffusion_cfg or DiffusionConfig(prediction_type="v_prediction")
         ch, E = list(cfg.channels), cfg.time_dim * 4
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_dim, E), nn.SiLU(), nn.Linear(E, E))
         self.image_token, self.shape_token = nn.Linear(cfg.embed_dim, E), nn.Linear(cfg.embed_dim, E)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
 from ..config import Config, ConfigError, choose_preset
 from ..data.dataset import ObjectDataset, drawn_view
 from ..data.images import load_image
@@ -191,13 +191,10 @@ def load_image_tower(spec, device="cpu") -> ImageTower:
                                   "give the folder of a trained one (e.g. the shipped embed_course/image_tower) "
                                   "or a pretrained name (vit_b32, vit_bigg14)")
         return ImageTower.pretrained(cfg).to(device).eval()
-    cfg = read_config(spec)
-    if cfg.get("kind") != "image_tower":
-        raise CheckpointError(f"{spec}: a {cfg.get('kind')!r} checkpoint, not an image tower")
-    tower = load_module(spec, cfg.get("model", {}), lambda d: ImageTower(ImageTowerConfig.from_dict(d)), "image tower")
-    if tower.identity() != cfg.get("identity"):
+    tower = ImageTower.load(resolve_folder(spec), device)
+    if tower.identity() != tower.checkpoint_info.get("identity"):
         raise CheckpointError(f"{spec}: weights do not match the identity recorded in config.json (modified file?)")
-    return tower.to(device).eval()
+    return tower
 
 
 def check_tower(path, recorded: dict, tower) -> None:
@@ -214,23 +211,20 @@ def load_shape_tower(path, image_tower=None, device="cpu"):
     """(ShapeTower, config) from a checkpoint folder; with ``image_tower`` given, refuses one
     trained against another tower. ``config["fingerprint"]`` identifies its weights."""
     cfg = read_config(path)
-    if cfg.get("kind") != "shape_tower":
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a shape tower")
-    if image_tower is not None:
+    if cfg.get("kind") == ShapeTower.kind and image_tower is not None:  # before building: the cheaper refusal
         check_tower(path, cfg.get("image_tower"), image_tower)
-    model = load_module(path, cfg.get("model", {}), lambda d: ShapeTower(ShapeTowerConfig.from_dict(d)), "shape tower")
+    model = ShapeTower.load(path, device)
+    cfg = model.checkpoint_info
     cfg["fingerprint"] = fingerprint(model.state_dict())
-    return model.to(device).eval(), cfg
+    return model, cfg
 
 
 def load_towers(embed_dir, image_tower=None, device="cpu"):
     """(image tower, shape tower, shape tower config) of a ``train embed`` output folder:
     ``embed_dir/shape_tower`` and ``embed_dir/image_tower`` (or, for a pretrained tower, the
     name recorded in the shape tower's config, or ``image_tower`` given explicitly)."""
-    embed_dir = Path(embed_dir)
+    embed_dir = resolve_folder(embed_dir) if not Path(embed_dir).exists() else Path(embed_dir)
     shape_path = embed_dir / "shape_tower"
-    if not embed_dir.exists():
-        raise CheckpointError(f"{embed_dir}: no such folder")
     if not shape_path.exists():
         raise CheckpointError(f"{embed_dir}: no shape_tower/ inside (expected the output folder of train embed)")
     if image_tower is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..checkpoint import read_config, resolve_folder, write_checkpoint
 from ..config import Config, choose_preset
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
@@ -25,7 +25,7 @@ from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_ac
 from ..training.measure import Setup, random_unit
 from .embed import check_tower, embed_folder, load_towers
 
-KIND = "diffusion_prior"
+KIND = DiffusionPrior.kind
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -141,16 +141,14 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
 
 
 def load_prior(path, image_tower=None, device="cpu"):
-    """(DiffusionPrior, config) from a checkpoint folder; with ``image_tower`` given, refuses a
-    prior trained in another tower's space."""
-    cfg = read_config(path)
-    if cfg.get("kind") != KIND:
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a diffusion prior")
-    if image_tower is not None:
+    """(DiffusionPrior, config) from a checkpoint folder or Hub repo id (its EMA weights when it has
+    them); with ``image_tower`` given, refuses a prior trained in another tower's space."""
+    folder = resolve_folder(path)
+    cfg = read_config(folder)
+    if cfg.get("kind") == KIND and image_tower is not None:  # before building: the cheaper refusal
         check_tower(path, cfg.get("image_tower"), image_tower)
-    model = load_module(path, cfg, lambda d: DiffusionPrior(PriorConfig.from_dict(d["model"]),
-                                                            DiffusionConfig.from_dict(d["diffusion"])), "prior")
-    return model.to(device).eval(), cfg
+    model = DiffusionPrior.load(folder, device)
+    return model, model.checkpoint_info
 
 
 # ------------------------------------------------------------------------------------------ dry run

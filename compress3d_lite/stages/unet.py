@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..checkpoint import resolve_folder, write_checkpoint
 from ..config import Config, choose_preset
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
@@ -29,7 +29,7 @@ from ..training.measure import Setup, random_unit, without_checkpointing
 from .embed import embed_folder, embed_preset, load_towers
 from .vae import encode_latents, latent_stats, load_vae, vae_preset
 
-KIND = "triplane_unet"
+KIND = TriplaneUNet.kind
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -160,14 +160,11 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
 
 
 def load_unet(path, device="cpu"):
-    """(TriplaneUNet in eval mode, config dict) from a checkpoint folder; the model carries its
-    ``diffusion_cfg`` (schedule, parametrisation, sampler)."""
-    cfg = read_config(path)
-    if cfg.get("kind") != KIND:
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a triplane UNet")
-    model = load_module(path, cfg, lambda d: TriplaneUNet(UNetConfig.from_dict(d["model"])), "UNet")
-    model.diffusion_cfg = DiffusionConfig.from_dict(cfg["diffusion"])
-    return model.to(device).eval(), cfg
+    """(TriplaneUNet in eval mode, config dict) from a checkpoint folder or Hub repo id (its EMA
+    weights when it has them); the model carries its ``diffusion_cfg`` (schedule, parametrisation,
+    sampler)."""
+    model = TriplaneUNet.load(resolve_folder(path), device)
+    return model, model.checkpoint_info
 
 
 # ------------------------------------------------------------------------------------------ dry run

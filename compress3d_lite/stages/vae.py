@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
+from ..checkpoint import CheckpointError, resolve_folder, write_checkpoint
 from ..config import Config, SampleSpec, choose_preset
 from ..data.dataset import ObjectDataset
 from ..data.io import load_object
@@ -31,7 +31,7 @@ from ..samples import shipped_checkpoint
 from ..training.loop import TrainConfig, data_config, fit, make_accelerator, prepare_data, resume_point
 from ..training.measure import Setup, random_points, without_checkpointing
 
-KIND = "triplane_vae"
+KIND = TriplaneVAE.kind
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -152,15 +152,13 @@ def train_vae(preset: str, out, data: str | None = None, resume: bool = False, o
 
 
 def load_vae(path, device="cpu", preset: str | None = None):
-    """(TriplaneVAE in eval mode, config dict) from a checkpoint folder. ``preset`` (optional) must
-    match the checkpoint's preset; any mismatch is a CheckpointError naming the folder."""
-    cfg = read_config(path)
-    if cfg.get("kind") != KIND:
-        raise CheckpointError(f"{path}: a {cfg.get('kind')!r} checkpoint, not a triplane VAE")
+    """(TriplaneVAE in eval mode, config dict) from a checkpoint folder or Hub repo id. ``preset``
+    (optional) must match the checkpoint's preset; any mismatch is a CheckpointError naming it."""
+    model = TriplaneVAE.load(resolve_folder(path), device)
+    cfg = model.checkpoint_info
     if preset is not None and cfg.get("preset") != preset:
         raise CheckpointError(f"{path}: made with preset {cfg.get('preset')!r}, not {preset!r}")
-    model = load_module(path, cfg, lambda d: TriplaneVAE(AEConfig.from_dict(d["model"])), "model")
-    return model.to(device).eval(), cfg
+    return model, cfg
 
 
 def latent_stats(cfg: dict, device="cpu"):
