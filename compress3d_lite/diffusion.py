@@ -84,18 +84,25 @@ def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> to
 @torch.no_grad()
 def sample(denoise, shape, cfg, steps: int | None = None, sampler: str | None = None,
            generator: torch.Generator | None = None, device="cpu", x_T: torch.Tensor | None = None,
-           callback=None) -> torch.Tensor:
+           callback=None, scheduler=None, progress: dict | None = None) -> torch.Tensor:
     """Draw samples of ``shape`` by running the reverse process with ``steps`` model calls.
 
     ``denoise(x_t, t)`` returns the model output under the scheduler's parametrisation, t a (B,)
-    long tensor. ``generator`` (a CPU torch.Generator) makes the draw reproducible on any device.
-    ``callback(i, t, x_t, x0_pred)`` sees every step (for the notebooks' step sliders)."""
-    scheduler = make_scheduler(cfg, sampler or cfg.sampler)
+    long tensor. ``generator`` (a CPU torch.Generator) makes the draw reproducible on any device;
+    ``x_T`` gives the initial noise instead. ``scheduler``: one built before by ``make_scheduler``
+    (reused across calls). ``progress``: tqdm options of a progress bar over the steps (None: no
+    bar). ``callback(i, t, x_t, x0_pred)`` sees every step (for the notebooks' step sliders)."""
+    scheduler = scheduler or make_scheduler(cfg, sampler or cfg.sampler)
     scheduler.set_timesteps(steps or cfg.sample_steps)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator)
     x = x_T.to(device) * scheduler.init_noise_sigma
-    for i, t in enumerate(scheduler.timesteps):
+    timesteps = scheduler.timesteps
+    if progress is not None and not progress.get("disable"):
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, **{"desc": "denoise", "leave": False, **progress})
+    for i, t in enumerate(timesteps):
         tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         out = denoise(scheduler.scale_model_input(x, t), tt)
         step = scheduler.step(out, t, x, generator=generator)

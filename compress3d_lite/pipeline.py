@@ -1,23 +1,31 @@
-"""Image -> coloured mesh: the four stages wired together (docs/paper.md §1, §7).
+"""Image(s) -> coloured mesh(es): the four stages wired together, driven like a diffusers pipeline
+(docs/paper.md §1, §7).
 
-    pipe = Compress3DPipeline.from_pretrained("course")          # the shipped checkpoints
-    result = pipe("data_samples/toyshapes/images/000003_0.png", seed=0)
-    result.mesh.export("lamp.glb"); print(result.timings)
+    pipe = Compress3DPipeline.from_pretrained("course")        # shipped checkpoints; or a folder, or "org/name"
+    out = pipe("lamp.png", num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+    out.mesh.export("lamp.glb"); print(out.timings)
+    out = pipe(["a.png", "b.png"], seed=0)                      # one batch through the prior and the UNet
+    pipe.to("cuda"); pipe.save_pretrained("my_pipeline")       # vae/ embed/ prior/ unet/ + pipeline.json
 
-One call:
-    1. image -> e_i                      image tower (open_clip)
-    2. e_i -> e_s                        diffusion prior (DDIM), skipped with ``use_prior=False``
-    3. noise -> latent triplane          triplane UNet, DDIM, dual classifier-free guidance
-                                         (``guidance_image``, ``guidance_shape``; paper best 5.0, 1.0;
-                                         the default is the UNet checkpoint's measured best, e.g.
-                                         2.0, 2.0 for the shipped course model; docs/stages.md "Stage 4")
-    4. latent -> mesh                    un-normalise, VAE decoder, marching cubes, vertex colours
+One call, for B images at once:
+    1. images -> e_i (B, D)              image tower (open_clip)
+    2. e_i -> e_s (B, D)                 diffusion prior (DDIM), skipped with ``use_prior=False``
+    3. noise -> latent triplanes         triplane UNet, DDIM, dual classifier-free guidance with
+                                         ``image_guidance_scale`` and ``shape_guidance_scale``
+                                         (paper best 5.0, 1.0; the default is the UNet checkpoint's
+                                         measured best, 2.0, 2.0 for the shipped course model;
+                                         docs/stages.md "Stage 4"); 3B passes per step in one call
+    4. latents -> meshes                 un-normalise, VAE decoder, marching cubes, vertex colours
 
-A pipeline folder holds ``vae/``, ``embed/`` (``image_tower/``, ``shape_tower/``), ``prior/`` and
-``unet/``; the preset name ``course`` means the shipped checkpoints in ``data_samples/checkpoints``
-(found after any install by ``compress3d_lite.samples``).
-Loading checks that the pieces belong together (the UNet records the VAE and towers it was
-trained with; the prior records its image tower).
+Randomness: ``generator`` is a torch.Generator (drawn from for every image in turn) or a list of
+them, one per image -- then a batch gives the same results as the images one by one. Each
+image's generator gives first its prior noise, then its UNet noise. ``seed=s`` is short for one
+generator per image seeded s, s + 1, ...
+
+A pipeline folder holds ``vae/``, ``embed/`` (``image_tower/``, ``shape_tower/``), ``prior/``,
+``unet/`` and ``pipeline.json``; the preset name ``course`` means the shipped checkpoints (found
+after any install by ``compress3d_lite.samples``). Loading checks that the pieces belong together
+(the UNet records the VAE and towers it was trained with; the prior records its image tower).
 """
 
 from __future__ import annotations
@@ -30,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, resolve_folder
 from .config import pick_device
 from .data.images import ImageError, load_image
 from .data.io import atomic_write_bytes
-from .diffusion import sample
+from .diffusion import make_scheduler, sample
 from .mesh import MeshingError, extract_mesh, save_mesh
 from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
@@ -45,146 +53,265 @@ from .stages.vae import load_vae
 
 PRESETS = {"course": {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course", "unet": "unet_course"}}
 PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
+PIPELINE_FORMAT = "compress3d_lite/pipeline-v1"
+PARTS = ("vae", "embed", "prior", "unet")
 
 
 def pipeline_parts(source="course") -> dict:
-    """{"vae", "embed", "prior", "unet"} -> checkpoint folder, for a preset name or a pipeline folder."""
+    """{"vae", "embed", "prior", "unet"} -> checkpoint folder, for a preset name, a pipeline folder
+    or a Hub repo id of one (read from the local Hugging Face cache when offline)."""
     if isinstance(source, str) and source in PRESETS:
         return {k: shipped_checkpoint(v) for k, v in PRESETS[source].items()}
-    root = Path(source)
+    root = resolve_folder(source)
     if not root.is_dir():
         raise CheckpointError(f"{root}: neither a preset ({', '.join(PRESETS)}) nor a pipeline folder")
-    return {k: root / k for k in ("vae", "embed", "prior", "unet")}
+    missing = [k for k in PARTS if not (root / k).is_dir()]
+    if missing:
+        raise CheckpointError(f"{source}: not a pipeline folder (no {', '.join(k + '/' for k in missing)} inside)")
+    return {k: root / k for k in PARTS}
 
 
 @dataclass
-class GenerationResult:
-    mesh: object  # trimesh.Trimesh with vertex colours, in the [-1, 1] data frame
-    latent: torch.Tensor  # (1, 3, c', r', r') in the VAE's latent units (un-normalised)
-    image_embedding: torch.Tensor  # (1, D)
-    shape_embedding: torch.Tensor | None  # (1, D); None with use_prior=False
-    timings: dict = field(default_factory=dict)  # seconds per stage
+class Compress3DPipelineOutput:
+    """What one call returns, for B images (in the order given)."""
+
+    meshes: list  # B trimesh.Trimesh with vertex colours in the [-1, 1] data frame; None where meshing failed
+    latents: torch.Tensor  # (B, 3, c', r', r') in the VAE's latent units (un-normalised)
+    image_embeds: torch.Tensor  # (B, D)
+    shape_embeds: torch.Tensor | None  # (B, D); None with use_prior=False
+    timings: dict = field(default_factory=dict)  # seconds per stage, for the whole batch
+    errors: list = field(default_factory=list)  # B messages, None where the mesh was made
+
+    @property
+    def mesh(self):
+        """The mesh of the first (or only) image; a MeshingError if its field had no surface."""
+        if self.meshes[0] is None:
+            raise MeshingError(self.errors[0])
+        return self.meshes[0]
+
+
+def _generators(generator, seed, n: int) -> list:
+    """One torch.Generator per image (or the same one n times): see the module docstring."""
+    if generator is not None and seed is not None:
+        raise ValueError("give generator or seed, not both")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"{len(generator)} generators for {n} images")
+        return list(generator)
+    if generator is not None:
+        return [generator] * n
+    seed = 0 if seed is None else int(seed)
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
 class Compress3DPipeline:
-    def __init__(self, vae, vae_cfg, tower, shape_tower, prior, unet, unet_cfg, device="cpu"):
-        self.vae, self.vae_cfg, self.tower, self.shape_tower = vae, vae_cfg, tower, shape_tower
-        self.prior, self.unet, self.unet_cfg, self.device = prior, unet, unet_cfg, device
-        self.shape_points = 512
+    def __init__(self, vae, tower, shape_tower, prior, unet):
+        self.vae, self.tower, self.shape_tower, self.prior, self.unet = vae, tower, shape_tower, prior, unet
+        self.vae_cfg, self.unet_cfg = vae.checkpoint_info or {}, unet.checkpoint_info or {}
+        self.shape_points = int((shape_tower.checkpoint_info or {}).get("train", {}).get("n_points", 512))
         # the guidance scales used when none are given: the UNet checkpoint's measured best, else the paper's
-        self.default_guidance = {**PAPER_GUIDANCE, **unet_cfg.get("guidance", {})}
-        stats = unet_cfg["latent_stats"]
-        self.latent_mean = torch.tensor(stats["mean"], device=device).view(1, 1, -1, 1, 1)
-        self.latent_std = torch.tensor(stats["std"], device=device).view(1, 1, -1, 1, 1)
+        self.default_guidance = {**PAPER_GUIDANCE, **self.unet_cfg.get("guidance", {})}
+        stats = self.unet_cfg["latent_stats"]
+        self.latent_mean = torch.tensor(stats["mean"]).view(1, 1, -1, 1, 1)
+        self.latent_std = torch.tensor(stats["std"]).view(1, 1, -1, 1, 1)
+        self.device = "cpu"
+        self._progress = {"disable": False}
+        # the samplers are built once, here: the first call pays no scheduler construction
+        self._samplers = {"prior": make_scheduler(prior.diffusion_cfg, prior.diffusion_cfg.sampler),
+                          "unet": make_scheduler(unet.diffusion_cfg, "ddim")}
 
+    # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, source="course", device: str | None = None) -> "Compress3DPipeline":
-        """``source``: a preset name (``course``) or a folder with vae/, embed/, prior/, unet/."""
-        device = device or pick_device()
+    def from_pretrained(cls, source="course", device: str | None = None, use_ema: bool = True) -> "Compress3DPipeline":
+        """``source``: a preset name (``course``), a pipeline folder (vae/, embed/, prior/, unet/) or
+        the Hub repo id of one. ``use_ema``: the EMA weights of the prior and UNet when they have them."""
         parts = pipeline_parts(source)
-        unet, ucfg = load_unet(parts["unet"], device)
-        vae, vcfg = load_vae(parts["vae"], device)
+        unet, ucfg = load_unet(parts["unet"], use_ema=use_ema)
+        vae, _ = load_vae(parts["vae"])
         if ucfg.get("vae", {}).get("weights") != fingerprint(vae.state_dict()):
             raise CheckpointError(f"{parts['unet']}: was trained on another VAE's latents than {parts['vae']}")
-        tower, shape_tower, scfg = load_towers(parts["embed"], device=device)
+        tower, shape_tower, scfg = load_towers(parts["embed"])
         check_tower(parts["unet"], ucfg.get("image_tower"), tower)
         if ucfg.get("shape_tower") != scfg.get("fingerprint"):
             raise CheckpointError(f"{parts['unet']}: was trained with another shape tower than {parts['embed']}")
-        prior, _ = load_prior(parts["prior"], image_tower=tower, device=device)
-        pipe = cls(vae, vcfg, tower, shape_tower, prior, unet, ucfg, device)
-        pipe.shape_points = int(scfg["train"]["n_points"])  # what the shape tower was trained on
-        return pipe
+        prior, _ = load_prior(parts["prior"], image_tower=tower, use_ema=use_ema)
+        return cls(vae, tower, shape_tower, prior, unet).to(device or pick_device())
+
+    def save_pretrained(self, save_directory) -> Path:
+        """One subfolder per part (each the part's own ``save_pretrained``) and ``pipeline.json``;
+        ``from_pretrained(save_directory)`` gives the same pipeline back. A pretrained image tower
+        is recorded by name, not copied."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.vae.save_pretrained(root / "vae")
+        if not self.tower.cfg.pretrained:
+            self.tower.save_pretrained(root / "embed" / "image_tower")
+        self.shape_tower.save_pretrained(root / "embed" / "shape_tower")
+        self.prior.save_pretrained(root / "prior")
+        self.unet.save_pretrained(root / "unet")
+        from . import __version__
+
+        info = {"format": PIPELINE_FORMAT, "library": "compress3d_lite", "version": __version__,
+                "parts": {k: k for k in PARTS}, "default_guidance": self.default_guidance,
+                "image_tower": self.tower.identity()}
+        atomic_write_bytes(root / "pipeline.json", (json.dumps(info, indent=1) + "\n").encode())
+        return root
+
+    def to(self, device) -> "Compress3DPipeline":
+        """Move every part (and the latent statistics) to ``device``; returns the pipeline."""
+        device = str(torch.device(device))
+        for part in (self.vae, self.tower, self.shape_tower, self.prior, self.unet):
+            part.to(device)
+        self.latent_mean, self.latent_std = self.latent_mean.to(device), self.latent_std.to(device)
+        self.device = device
+        return self
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options of the denoising progress bar, e.g. ``disable=True`` (as in diffusers)."""
+        self._progress.update(kwargs)
+
+    # ------------------------------------------------------------------ the stages
+    @torch.no_grad()
+    def embed_images(self, images) -> torch.Tensor:
+        """(B, D) unit image embeddings of image files / arrays / PIL images."""
+        return embed_images(self.tower, list(images))
+
+    def _noise(self, generators, shape) -> torch.Tensor:
+        """(B, *shape) initial noise, row i from generators[i] (on the CPU: reproducible on any device)."""
+        return torch.cat([torch.randn((1, *shape), generator=g) for g in generators])
 
     @torch.no_grad()
-    def embed_image(self, image) -> torch.Tensor:
-        return embed_images(self.tower, [image])  # (1, D)
+    def sample_shape_embeds(self, e_i, generators, steps: int | None = None) -> torch.Tensor:
+        """(B, D) shape embeddings sampled by the prior from (B, D) image embeddings."""
+        x_T = self._noise(generators, (self.prior.cfg.embed_dim,))
+        return self.prior.sample(e_i, steps=steps, x_T=x_T, scheduler=self._samplers["prior"])
 
     @torch.no_grad()
-    def sample_latent(self, e_i, e_s, steps: int = 25, guidance_image: float | None = None,
-                      guidance_shape: float | None = None, seed: int = 0, use_prior: bool = True,
-                      callback=None) -> torch.Tensor:
-        """Normalised latent (B, 3, c', r', r') for the embeddings, by DDIM with dual guidance
+    def sample_latents(self, e_i, e_s, num_inference_steps: int = 25, image_guidance_scale: float | None = None,
+                       shape_guidance_scale: float | None = None, generators=None, use_prior: bool = True,
+                       callback=None, progress: bool = True) -> torch.Tensor:
+        """Normalised latents (B, 3, c', r', r') for the embeddings, by DDIM with dual guidance
         (scales default to ``self.default_guidance``)."""
-        guidance_image = self.default_guidance["image"] if guidance_image is None else guidance_image
-        guidance_shape = self.default_guidance["shape"] if guidance_shape is None else guidance_shape
+        gi = self.default_guidance["image"] if image_guidance_scale is None else image_guidance_scale
+        gs = self.default_guidance["shape"] if shape_guidance_scale is None else shape_guidance_scale
         cfg = self.unet.cfg
-        shape = (e_i.shape[0], 3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
+        shape = (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
+        generators = generators or _generators(None, 0, e_i.shape[0])
         e_s = e_s if e_s is not None else torch.zeros_like(e_i)
 
         def denoise(x, t):
-            return self.unet.guided(x, t, e_i, e_s, guidance_image, guidance_shape, use_shape=use_prior)
+            return self.unet.guided(x, t, e_i, e_s, gi, gs, use_shape=use_prior)
 
-        return sample(denoise, shape, self.unet.diffusion_cfg, steps, "ddim", torch.Generator().manual_seed(seed),
-                      self.device, callback=callback)
-
-    @torch.no_grad()
-    def decode(self, z, res: int = 128):
-        """Normalised latent (1, ...) -> (mesh, un-normalised latent)."""
-        latent = z * self.latent_std + self.latent_mean
-        planes = self.vae.decode(latent)
-        return extract_mesh(self.vae, planes, res=res), latent
+        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, num_inference_steps, "ddim",
+                      generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
+                      scheduler=self._samplers["unet"],
+                      progress={**self._progress, "disable": self._progress.get("disable") or not progress})
 
     @torch.no_grad()
-    def __call__(self, image, steps: int = 25, guidance_image: float | None = None, guidance_shape: float | None = None,
-                 seed: int = 0, use_prior: bool = True, prior_steps: int | None = None, res: int = 128,
-                 callback=None) -> GenerationResult:
+    def decode(self, z, mesh_resolution: int = 128) -> tuple:
+        """Normalised latents (B, ...) -> (meshes, errors, un-normalised latents): one coloured mesh
+        per latent, or None and the MeshingError's message where the field has no surface."""
+        latents = z * self.latent_std + self.latent_mean
+        planes = self.vae.decode(latents)  # (B, 3, C, r, r)
+        meshes, errors = [], []
+        for i in range(len(latents)):
+            try:
+                meshes.append(extract_mesh(self.vae, planes[i:i + 1], res=mesh_resolution))
+                errors.append(None)
+            except MeshingError as e:
+                meshes.append(None)
+                errors.append(str(e))
+        return meshes, errors, latents
+
+    @torch.no_grad()
+    def __call__(self, images, num_inference_steps: int = 25, image_guidance_scale: float | None = None,
+                 shape_guidance_scale: float | None = None, generator=None, seed: int | None = None,
+                 use_prior: bool = True, prior_steps: int | None = None, mesh_resolution: int = 128,
+                 callback=None) -> Compress3DPipelineOutput:
+        """Image(s) -> coloured mesh(es): one image or a list of them, processed as one batch.
+        ``generator``: a torch.Generator or one per image; ``seed``: short for one generator per
+        image seeded seed, seed + 1, ... (default 0). ``callback(i, t, x_t, x0_pred)`` sees every
+        denoising step."""
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("no images given")
+        gens = _generators(generator, seed, len(images))
         timings, t0 = {}, time.perf_counter()
-        e_i = self.embed_image(image)
+        e_i = self.embed_images(images)  # (B, D)
         timings["image_embedding"] = time.perf_counter() - t0
         e_s = None
         if use_prior:
             t = time.perf_counter()
-            e_s = self.prior.sample(e_i, steps=prior_steps, generator=torch.Generator().manual_seed(seed))
+            e_s = self.sample_shape_embeds(e_i, gens, prior_steps)  # (B, D)
             timings["prior"] = time.perf_counter() - t
         t = time.perf_counter()
-        z = self.sample_latent(e_i, e_s, steps, guidance_image, guidance_shape, seed, use_prior, callback)
+        z = self.sample_latents(e_i, e_s, num_inference_steps, image_guidance_scale, shape_guidance_scale, gens,
+                                use_prior, callback)
         timings["diffusion"] = time.perf_counter() - t
         t = time.perf_counter()
-        mesh, latent = self.decode(z, res)
+        meshes, errors, latents = self.decode(z, mesh_resolution)
         timings["decode_mesh"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        return GenerationResult(mesh, latent, e_i, e_s, timings)
+        return Compress3DPipelineOutput(meshes, latents, e_i, e_s, timings, errors)
 
-    def generate_files(self, images, out_dir, format: str = "glb", steps: int = 25, seed: int = 0,
-                       use_prior: bool = True, res: int = 128, guidance_image: float | None = None,
-                       guidance_shape: float | None = None, about: dict | None = None, log=print) -> dict:
+    # ------------------------------------------------------------------ files in, files out
+    def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int = 25, seed: int = 0,
+                       use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
+                       shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
+                       log=print) -> dict:
         """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, a number
         added when two stems clash) and ``out_dir/generate.json``: the settings -- the guidance
-        scales actually used, with where they came from -- and per image its mesh, sizes and timings,
-        or its error. A bad image (``ImageError``) or an empty field (``MeshingError``) is reported
-        with ``log(..., file=sys.stderr)`` and skipped; the others are still done. Nothing is
-        written when every image failed. ``about``: entries put first in the report (e.g. the
-        pipeline's name). Returns the report; ``report["n_failed"]`` counts failures."""
+        scales actually used, with where they came from -- and per image its mesh, sizes and
+        timings, or its error. Images go through the pipeline ``batch_size`` at a time; image i of
+        the list uses seed ``seed + i`` whatever the batch size. A bad image (``ImageError``) or an
+        empty field (``MeshingError``) is reported with ``log(..., file=sys.stderr)`` and skipped;
+        the others are still done. Nothing is written when every image failed. ``about``: entries
+        put first in the report. Returns the report; ``report["n_failed"]`` counts failures."""
         out = Path(out_dir)
-        gi = self.default_guidance["image"] if guidance_image is None else guidance_image
-        gs = self.default_guidance["shape"] if guidance_shape is None else guidance_shape
-        source = {"image": "command line" if guidance_image is not None else "checkpoint default",
-                  "shape": "command line" if guidance_shape is not None else "checkpoint default"}
-        report = {**(about or {}), "settings": {"steps": steps, "seed": seed, "use_prior": use_prior, "res": res,
-                               "guidance_image": gi, "guidance_shape": gs, "guidance_source": source},
-                  "images": [], "n_failed": 0}
-        used = set()
-        for path in images:
+        gi = self.default_guidance["image"] if image_guidance_scale is None else image_guidance_scale
+        gs = self.default_guidance["shape"] if shape_guidance_scale is None else shape_guidance_scale
+        source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
+                  "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
+        report = {**(about or {}), "settings": {"steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
+                                                "res": mesh_resolution, "guidance_image": gi, "guidance_shape": gs,
+                                                "guidance_source": source, "batch_size": batch_size},
+                  "images": [None] * len(images), "n_failed": 0}
+
+        def fail(i, path, message):
+            log(f"error: {message if str(path) in message else f'{path}: {message}'}", file=sys.stderr)
+            report["images"][i] = {"image": str(path), "error": message}
+            report["n_failed"] += 1
+
+        loaded = []
+        for i, path in enumerate(images):
             try:
-                result = self(load_image(path), steps=steps, guidance_image=gi, guidance_shape=gs, seed=seed,
-                              use_prior=use_prior, res=res)
-            except (ImageError, MeshingError) as e:
-                log(f"error: {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
-                report["images"].append({"image": str(path), "error": str(e)})
-                report["n_failed"] += 1
-                continue
-            stem = Path(path).stem
-            name, k = stem, 1
-            while name in used:
-                name, k = f"{stem}_{k}", k + 1
-            used.add(name)
-            out.mkdir(parents=True, exist_ok=True)
-            mesh_path = save_mesh(result.mesh, out / f"{name}.{format}")
-            report["images"].append({"image": str(path), "mesh": str(mesh_path), "n_vertices": len(result.mesh.vertices),
-                                     "n_faces": len(result.mesh.faces), "timings": result.timings})
-            log(f"{path} -> {mesh_path} ({len(result.mesh.faces)} faces, {result.timings['total']:.2f} s: "
-                + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k != "total") + ")")
-        if report["n_failed"] < len(report["images"]):
+                loaded.append((i, path, load_image(path)))
+            except ImageError as e:
+                fail(i, path, str(e))
+        used = set()
+        for k in range(0, len(loaded), batch_size):
+            chunk = loaded[k:k + batch_size]
+            result = self([img for _, _, img in chunk], num_inference_steps, gi, gs, seed=None, use_prior=use_prior,
+                          mesh_resolution=mesh_resolution, generator=[torch.Generator().manual_seed(seed + i)
+                                                                      for i, _, _ in chunk])
+            per_image = {name: value / len(chunk) for name, value in result.timings.items()}
+            for (i, path, _), mesh, error in zip(chunk, result.meshes, result.errors):
+                if mesh is None:
+                    fail(i, path, error)
+                    continue
+                stem = Path(path).stem
+                name, n = stem, 1
+                while name in used:
+                    name, n = f"{stem}_{n}", n + 1
+                used.add(name)
+                out.mkdir(parents=True, exist_ok=True)
+                mesh_path = save_mesh(mesh, out / f"{name}.{format}")
+                report["images"][i] = {"image": str(path), "mesh": str(mesh_path), "n_vertices": len(mesh.vertices),
+                                       "n_faces": len(mesh.faces), "timings": per_image, "batch": len(chunk)}
+                log(f"{path} -> {mesh_path} ({len(mesh.faces)} faces; batch of {len(chunk)}, "
+                    f"{per_image['total']:.2f} s per image: "
+                    + ", ".join(f"{n_} {v:.2f}" for n_, v in per_image.items() if n_ != "total") + ")")
+        if report["n_failed"] < len(images):
             atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
             log(f"wrote {out / 'generate.json'}")
         return report

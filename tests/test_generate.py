@@ -81,20 +81,22 @@ def test_a100_full_unet_is_paper_size():
 def pipe():
     from compress3d_lite.pipeline import Compress3DPipeline
 
-    return Compress3DPipeline.from_pretrained("course", device="cpu")
+    p = Compress3DPipeline.from_pretrained("course", device="cpu")
+    p.set_progress_bar_config(disable=True)
+    return p
 
 
 def test_same_seed_same_mesh_and_result_fields(pipe):
-    a = pipe(str(PNG), steps=4, res=32, seed=3)
-    b = pipe(str(PNG), steps=4, res=32, seed=3)
+    a = pipe(str(PNG), num_inference_steps=4, mesh_resolution=32, seed=3)
+    b = pipe(str(PNG), num_inference_steps=4, mesh_resolution=32, seed=3)
     assert np.array_equal(a.mesh.vertices, b.mesh.vertices) and np.array_equal(a.mesh.faces, b.mesh.faces)
-    assert a.latent.shape == (1, 3, pipe.unet.cfg.latent_channels, pipe.unet.cfg.latent_res, pipe.unet.cfg.latent_res)
-    assert a.image_embedding.shape == a.shape_embedding.shape == (1, pipe.tower.cfg.embed_dim)
+    assert a.latents.shape == (1, 3, pipe.unet.cfg.latent_channels, pipe.unet.cfg.latent_res, pipe.unet.cfg.latent_res)
+    assert a.image_embeds.shape == a.shape_embeds.shape == (1, pipe.tower.cfg.embed_dim)
     assert set(a.timings) >= {"image_embedding", "prior", "diffusion", "decode_mesh", "total"}
-    c = pipe(str(PNG), steps=4, res=32, seed=4)
-    assert not torch.equal(a.latent, c.latent)
-    d = pipe(str(PNG), steps=4, res=32, seed=3, use_prior=False)
-    assert d.shape_embedding is None and "prior" not in d.timings
+    c = pipe(str(PNG), num_inference_steps=4, mesh_resolution=32, seed=4)
+    assert not torch.equal(a.latents, c.latents)
+    d = pipe(str(PNG), num_inference_steps=4, mesh_resolution=32, seed=3, use_prior=False)
+    assert d.shape_embeds is None and "prior" not in d.timings
 
 
 def test_generate_cli_on_rgba_jpeg_grayscale_and_a_bad_file(tmp_path, capsys):

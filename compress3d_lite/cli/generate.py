@@ -13,8 +13,8 @@ def cmd_generate(args):
     """One coloured mesh per image; a bad image is reported and skipped, the rest still done."""
     from ..pipeline import Compress3DPipeline
 
-    if args.steps < 1 or args.res < 8:
-        raise CLIError("--steps must be >= 1 and --res >= 8")
+    if args.steps < 1 or args.res < 8 or args.batch_size < 1:
+        raise CLIError("--steps must be >= 1, --res >= 8 and --batch-size >= 1")
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder")
@@ -26,9 +26,11 @@ def cmd_generate(args):
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
           f"the prior, {args.steps} steps, guidance image {gi:g} / shape {gs:g}")
-    report = pipe.generate_files(args.images, out, format=args.format, steps=args.steps, seed=args.seed,
-                                 use_prior=not args.no_prior, res=args.res, guidance_image=args.guidance_image,
-                                 guidance_shape=args.guidance_shape,
+    pipe.set_progress_bar_config(disable=True)
+    report = pipe.generate_files(args.images, out, format=args.format, num_inference_steps=args.steps, seed=args.seed,
+                                 use_prior=not args.no_prior, mesh_resolution=args.res,
+                                 image_guidance_scale=args.guidance_image, shape_guidance_scale=args.guidance_shape,
+                                 batch_size=args.batch_size,
                                  about={"pipeline": str(args.pipeline), "load_seconds": load_seconds})
     return EXIT_BAD_INPUT if report["n_failed"] else 0
 
@@ -79,7 +81,10 @@ def add_parsers(sub) -> None:
     g.add_argument("--format", default="glb", choices=["glb", "ply", "obj"],
                    help="mesh file format, all with vertex colours (default %(default)s)")
     g.add_argument("--steps", type=int, default=25, help="DDIM steps of the triplane diffusion (default %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the diffusion noise (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise; image i of the list uses seed + i (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="images run through the prior and the UNet together (default %(default)s)")
     g.add_argument("--no-prior", action="store_true", help="condition on the image embedding only (ablation)")
     g.add_argument("--res", type=int, default=128, help="marching-cubes grid (default %(default)s)")
     g.add_argument("--guidance-image", type=float, default=None,

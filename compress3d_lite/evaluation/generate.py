@@ -55,6 +55,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     items = held_out(split, n, "generate", min_n=2)
     t_start = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
+    pipe.set_progress_bar_config(disable=True)
     guidance_image = pipe.default_guidance["image"] if guidance_image is None else guidance_image
     guidance_shape = pipe.default_guidance["shape"] if guidance_shape is None else guidance_shape
     n_points = pipe.shape_points
@@ -73,21 +74,22 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
         row = {"index": i, "category": item.category}
         for variant, use_prior in (("prior", True), ("no_prior", False)):
             r = {}
+            out = pipe(image, num_inference_steps=steps, image_guidance_scale=guidance_image,
+                       shape_guidance_scale=guidance_shape, seed=seed, use_prior=use_prior, mesh_resolution=res)
             try:
-                out = pipe(image, steps=steps, guidance_image=guidance_image, guidance_shape=guidance_shape,
-                           seed=seed, use_prior=use_prior, res=res)
+                mesh = out.mesh
             except MeshingError as e:
                 row[variant] = {"error": str(e), "iou": 0.0, "chamfer_l1": None, "category_ok": False, "image_sim": None}
                 continue
-            planes = pipe.vae.decode(out.latent)
+            planes = pipe.vae.decode(out.latents)
             logits, _ = query_points(pipe.vae, planes, queries)
             r["iou"] = metrics.iou(logits > 0, inside)
-            pts, faces = trimesh.sample.sample_surface(out.mesh, N_SURFACE, seed=rng)
+            pts, faces = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=rng)
             r["chamfer_l1"] = metrics.surface_metrics(pts, gt_points)["chamfer_l1"]
-            e_gen = embed_mesh(pipe.shape_tower, out.mesh, n_points, seed=i)
+            e_gen = embed_mesh(pipe.shape_tower, mesh, n_points, seed=i)
             r["category_ok"] = bool(cats[int((e_gen @ gt_es.T).argmax())] == cats[i])
             r["own_object"] = bool(int((e_gen @ gt_es.T).argmax()) == i)
-            view = render_trimesh(out.mesh, cam, VIEW_RES)[0]
+            view = render_trimesh(mesh, cam, VIEW_RES)[0]
             r["image_sim"] = float(embed_images(pipe.tower, [load_image(view)]) @ e_in.T)
             r["seconds"] = out.timings["total"]
             row[variant] = r

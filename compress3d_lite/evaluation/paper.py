@@ -156,16 +156,17 @@ def generate_set(pipe, objects: list, p: Protocol, use_prior: bool = True, guida
     cams, renders, rows = eval_cameras(p), [], []
     for o in tqdm(objects, desc=desc, unit="obj", disable=not progress):
         row = {"index": o.index, "category": o.category}
+        out = pipe(o.image, num_inference_steps=p.steps, image_guidance_scale=guidance_image,
+                   shape_guidance_scale=guidance_shape, seed=p.seed, use_prior=use_prior, mesh_resolution=p.mesh_res)
         try:
-            out = pipe(o.image, steps=p.steps, guidance_image=guidance_image, guidance_shape=guidance_shape,
-                       seed=p.seed, use_prior=use_prior, res=p.mesh_res)
+            mesh = out.mesh
         except MeshingError as e:  # an empty or full field: white renders, zero scores
             renders.append(np.full((p.views, p.view_res, p.view_res, 4), 255, np.uint8))
             rows.append({**row, "error": str(e), "iou": 0.0, "chamfer_l1": None, "f_score": 0.0})
             continue
-        renders.append(render_trimesh(out.mesh, cams, p.view_res, p.fov_deg))
-        logits, _ = query_points(pipe.vae, pipe.vae.decode(out.latent), o.queries)
-        pts, _ = trimesh.sample.sample_surface(out.mesh, N_SURFACE, seed=np.random.default_rng(o.index))
+        renders.append(render_trimesh(mesh, cams, p.view_res, p.fov_deg))
+        logits, _ = query_points(pipe.vae, pipe.vae.decode(out.latents), o.queries)
+        pts, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=np.random.default_rng(o.index))
         surf = metrics.surface_metrics(pts, o.gt_points)
         rows.append({**row, "iou": metrics.iou(logits > 0, o.inside), "chamfer_l1": surf["chamfer_l1"],
                      "f_score": surf["f_score"], "seconds": out.timings["total"]})
@@ -232,6 +233,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
     grid = parse_grid(guidance_grid) if "guidance" in ablations else []
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
+    pipe.set_progress_bar_config(disable=True)
     parts = pipeline_parts(pipeline)
     objects = paper_test_set(p)
     scorer = make_scorer(objects, p, pipe.tower, features)

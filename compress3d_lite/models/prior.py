@@ -104,9 +104,11 @@ class DiffusionPrior(nn.Module, HubMixin):
 
     @torch.no_grad()
     def sample(self, e_i, guidance: float = 1.0, steps: int | None = None, sampler: str | None = None,
-               generator=None, n: int = 1):
+               generator=None, n: int = 1, x_T=None, scheduler=None):
         """(B, D) unit image embeddings -> (B * n, D) sampled unit shape embeddings (n per image,
-        grouped by image). guidance 1: conditional only; > 1: classifier-free guidance on e_i."""
+        grouped by image). guidance 1: conditional only; > 1: classifier-free guidance on e_i.
+        ``x_T`` (B * n, D): the initial noise instead of drawing it from ``generator``;
+        ``scheduler``: a prebuilt sampler (diffusion.make_scheduler)."""
         e_i = e_i.repeat_interleave(n, dim=0)
         B = e_i.shape[0]
 
@@ -119,5 +121,6 @@ class DiffusionPrior(nn.Module, HubMixin):
             cond, null = both.chunk(2)
             return null + guidance * (cond - null)
 
-        x0 = sample(denoise, (B, self.cfg.embed_dim), self.diffusion_cfg, steps, sampler, generator, e_i.device)
+        x0 = sample(denoise, (B, self.cfg.embed_dim), self.diffusion_cfg, steps, sampler, generator, e_i.device,
+                    x_T=x_T, scheduler=scheduler)
         return F.normalize(x0, dim=-1)

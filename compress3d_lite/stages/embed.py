@@ -161,7 +161,7 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
               f"shape tower {n_shape / 1e6:.2f}M params, {len(dataset)} objects, steps {start} -> {tcfg.steps}, "
               f"device {accelerator.device}")
 
-    def finalize(net, step, record):
+    def finalize(net, step, record, ema):
         common = {"preset": preset, "train": tcfg.to_dict(), "data": config["data"], "step": step}
         if not frozen:
             write_checkpoint(out / "image_tower", net.image_tower.state_dict(),
@@ -320,8 +320,11 @@ def probe_tower(cfg: ImageTowerConfig, on_meta: bool) -> dict:
 
 def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None):
     """The training module, step and random batches of ``train embed --preset`` (training/measure.py).
-    ``overrides``: ``image_tower`` (a name). A pretrained tower is built with random init."""
-    p = embed_preset(preset, (overrides or {}).get("image_tower"))
+    ``overrides``: ``image_tower`` (a name) and ShapeTowerConfig fields. A pretrained tower is
+    built with random init."""
+    overrides = dict(overrides or {})
+    p = embed_preset(preset, overrides.pop("image_tower", None))
+    p.shape_tower = p.shape_tower.override(**overrides)
     tower_cfg, shape_cfg, tcfg, D = p.tower, p.shape_tower, p.train, p.tower.embed_dim
     notes, extra = [], {}
     if p.frozen:  # OpenShape's recipe: the tower embeds every view once; training sees the embeddings

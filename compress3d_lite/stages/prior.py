@@ -48,11 +48,11 @@ PRESETS = {
                                                      log_every=100, ckpt_every=1000)),
     "colab_t4": PriorPreset(PriorConfig(embed_dim=512, width=768, depth=6, time_dim=256),
                             TrainConfig(steps=100_000, batch_size=512, lr=3e-4, mixed_precision="fp16",
-                                        ckpt_every=5000, log_every=100)),
+                                        ema_decay=0.9999, ckpt_every=5000, log_every=100)),
     # paper: 25.8M params, 2 x A100 for 18 h (docs/paper.md §4)
     "a100_full": PriorPreset(PriorConfig(embed_dim=1280, width=1024, depth=6, time_dim=320),
                              TrainConfig(steps=300_000, batch_size=1024, lr=1e-4, mixed_precision="bf16",
-                                         ckpt_every=10_000, log_every=100)),
+                                         ema_decay=0.9999, ckpt_every=10_000, log_every=100)),
 }
 
 
@@ -125,12 +125,13 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
               f"{len(dataset)} objects x {emb['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
               f"device {accelerator.device}")
 
-    def finalize(net, step, record):
+    def finalize(net, step, record, ema):
         write_checkpoint(out / "prior", net.prior.state_dict(),
                          {"kind": KIND, "preset": preset, "model": p.model.to_dict(),
                           "diffusion": p.diffusion.to_dict(), "image_tower": identity,
                           "shape_tower": shape_cfg.get("fingerprint"), "train": tcfg.to_dict(),
-                          "data": config["data"], "step": step}, half=half)
+                          "data": config["data"], "step": step}, half=half,
+                         extra_weights={"ema.safetensors": ema.prior.state_dict()} if ema is not None else None)
         print(f"wrote {out / 'prior'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
     return fit(accelerator, model, dataset, prior_step, tcfg, out, config, start, resume, finalize, progress,
@@ -140,14 +141,14 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_prior(path, image_tower=None, device="cpu"):
+def load_prior(path, image_tower=None, device="cpu", use_ema: bool = True):
     """(DiffusionPrior, config) from a checkpoint folder or Hub repo id (its EMA weights when it has
     them); with ``image_tower`` given, refuses a prior trained in another tower's space."""
     folder = resolve_folder(path)
     cfg = read_config(folder)
     if cfg.get("kind") == KIND and image_tower is not None:  # before building: the cheaper refusal
         check_tower(path, cfg.get("image_tower"), image_tower)
-    model = DiffusionPrior.load(folder, device)
+    model = DiffusionPrior.load(folder, device, use_ema=use_ema)
     return model, model.checkpoint_info
 
 
@@ -155,8 +156,9 @@ def load_prior(path, image_tower=None, device="cpu"):
 
 
 def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None):
-    """The training module, step and random batches of ``train prior --preset`` (training/measure.py)."""
-    p = prior_preset(preset)
+    """The training module, step and random batches of ``train prior --preset`` (training/measure.py).
+    ``overrides``: PriorConfig fields."""
+    p = prior_preset(preset, overrides)
     prior, model = build_prior(p, meta)
 
     def batch(n, g):

@@ -57,13 +57,13 @@ PRESETS = {
     "colab_t4": UNetPreset(UNetConfig(latent_channels=16, latent_res=32, channels=(128, 256, 384),
                                       blocks_per_level=2, attn_levels=(1, 2), heads=8, embed_dim=512, time_dim=256),
                            TrainConfig(steps=200_000, batch_size=32, lr=1e-4, mixed_precision="fp16",
-                                       ckpt_every=5000, log_every=100)),
+                                       ema_decay=0.9999, ckpt_every=5000, log_every=100)),
     # paper: 864M params, 8 x A100 for 4 days (docs/paper.md §5)
     "a100_full": UNetPreset(UNetConfig(latent_channels=32, latent_res=32, channels=(320, 640, 960, 1152),
                                        blocks_per_level=2, attn_levels=(1, 2, 3), heads=16, embed_dim=1280,
                                        time_dim=512),
                             TrainConfig(steps=500_000, batch_size=32, lr=1e-4, mixed_precision="bf16",
-                                        ckpt_every=5000, log_every=100)),
+                                        ema_decay=0.9999, ckpt_every=5000, log_every=100)),
 }
 
 
@@ -145,11 +145,12 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
               f"{len(dataset)} objects x {saved['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
               f"device {accelerator.device}")
 
-    def finalize(net, step, record):
+    def finalize(net, step, record, ema):
         write_checkpoint(out / "unet", net.unet.state_dict(),
                          {"kind": KIND, "preset": preset, "model": p.model.to_dict(),
                           "diffusion": p.diffusion.to_dict(), **links, "latent_stats": vae_cfg["latent_stats"],
-                          "train": tcfg.to_dict(), "data": config["data"], "step": step}, half=half)
+                          "train": tcfg.to_dict(), "data": config["data"], "step": step}, half=half,
+                         extra_weights={"ema.safetensors": ema.unet.state_dict()} if ema is not None else None)
         print(f"wrote {out / 'unet'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
     return fit(accelerator, model, dataset, unet_step, tcfg, out, config, start, resume, finalize, progress,
@@ -159,11 +160,11 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
 # ------------------------------------------------------------------------------------------ loading
 
 
-def load_unet(path, device="cpu"):
+def load_unet(path, device="cpu", use_ema: bool = True):
     """(TriplaneUNet in eval mode, config dict) from a checkpoint folder or Hub repo id (its EMA
     weights when it has them); the model carries its ``diffusion_cfg`` (schedule, parametrisation,
     sampler)."""
-    model = TriplaneUNet.load(resolve_folder(path), device)
+    model = TriplaneUNet.load(resolve_folder(path), device, use_ema=use_ema)
     return model, model.checkpoint_info
 
 
@@ -173,11 +174,11 @@ def load_unet(path, device="cpu"):
 def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None):
     """The training module, step and random batches of ``train diffusion --preset``: the UNet in
     the latent space of the same preset's VAE and the same preset's towers (training/measure.py).
-    ``overrides``: UNetConfig fields (e.g. ``grad_checkpoint``)."""
-    p = unet_preset(preset, overrides)
+    ``overrides``: UNetConfig fields (e.g. ``grad_checkpoint``), applied last."""
+    p = unet_preset(preset)
     ae = vae_preset(preset).model
-    p.model = p.model.override(latent_channels=ae.latent_channels, latent_res=ae.latent_res,
-                               embed_dim=embed_preset(preset).tower.embed_dim)
+    p.model = p.model.override(**{"latent_channels": ae.latent_channels, "latent_res": ae.latent_res,
+                                  "embed_dim": embed_preset(preset).tower.embed_dim, **(overrides or {})})
     ucfg = p.model
     on = without_checkpointing(ucfg)
     unet, model = build_unet(p, meta)

@@ -139,7 +139,7 @@ def train_vae(preset: str, out, data: str | None = None, resume: bool = False, o
         print(f"train ae: preset {preset}, {n_params / 1e6:.2f}M params, attention {'on' if mcfg.attn else 'off'}, "
               f"{len(dataset)} objects, steps {start} -> {tcfg.steps}, device {accelerator.device}")
 
-    def finalize(net, step, record):
+    def finalize(net, step, record, ema):
         stats = latent_statistics(encode_latents(net, folder, tcfg.n_points, accelerator.device, limit=64))
         write_checkpoint(out / "model", net.state_dict(), {**config, "step": step, "latent_stats": stats}, half=half)
         print(f"wrote {out / 'model'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")

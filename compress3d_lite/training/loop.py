@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from ..checkpoint import read_config, write_checkpoint
+from ..checkpoint import read_config, read_weights, write_checkpoint
 from ..config import Config
 
 
@@ -55,6 +56,7 @@ class TrainConfig(Config):
     seed: int = 0
     mixed_precision: str = "no"  # accelerate: "no", "fp16", "bf16"
     num_workers: int = 0
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (0: none)
 
 
 class TrainingError(RuntimeError):
@@ -190,15 +192,20 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
     rest: AdamW + warm-up/cosine schedule over the trainable parameters, accelerate (devices,
     processes, mixed precision), the (seed, step) data order, gradient clipping, a stop on a
     non-finite loss, ``log.jsonl``, atomic training checkpoints in ``out/checkpoint`` (with the
-    trainer state for an exact ``resume``), and at the end ``finalize(unwrapped_model, step)``
-    on the main process (which writes the stage's release folder)."""
+    trainer state for an exact ``resume``), with ``tcfg.ema_decay`` an exponential moving average
+    of the weights (saved and resumed with the rest), and at the end ``finalize(unwrapped_model,
+    step, record, ema)`` on the main process (which writes the stage's release folder; ``ema`` is
+    the averaged copy of the training module, or None)."""
     from tqdm.auto import tqdm
 
     params, optimizer, scheduler = make_optimizer(model, tcfg)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ckpt_dir = out / "checkpoint"
+    ema = make_ema(accelerator.unwrap_model(model), tcfg.ema_decay)
     if resume:
         accelerator.load_state(str(ckpt_dir / "trainer"))
+        if ema is not None:
+            ema.load_state_dict(read_weights(ckpt_dir / "trainer", "ema.safetensors"))
     sampler = StepBatchSampler(len(dataset), tcfg.batch_size * accelerator.num_processes, tcfg.seed, start,
                                tcfg.steps, accelerator.process_index, accelerator.num_processes)
     # its own generator: a DataLoader otherwise draws its worker seed from the global RNG, which
@@ -220,6 +227,9 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
                 accelerator.save_state(str(d))
                 for f in sorted(staging.glob("random_states_*.pkl")):
                     shutil.copy(f, d / f.name)
+                if ema is not None:  # the averaged weights and how many updates they hold
+                    save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
+                              str(d / "ema.safetensors"))
 
             state = accelerator.unwrap_model(model).state_dict()
             write_checkpoint(ckpt_dir, state, {**config, "step": step}, extra_dirs={"trainer": trainer})
@@ -240,6 +250,8 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
                                 "lower the learning rate and --resume")
         backward(accelerator, loss, optimizer)
         update(accelerator, optimizer, scheduler, params, tcfg.grad_clip)
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
         step += 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
@@ -259,8 +271,18 @@ def fit(accelerator, model, dataset, step_fn, tcfg: TrainConfig, out: Path, conf
     bar.close()
     save(step)
     if accelerator.is_main_process and finalize is not None:
-        finalize(accelerator.unwrap_model(model).eval(), step, record)
+        finalize(accelerator.unwrap_model(model).eval(), step, record, None if ema is None else ema.module.eval())
     return record
+
+
+def make_ema(model: torch.nn.Module, decay: float):
+    """torch's AveragedModel keeping ``ema = decay * ema + (1 - decay) * weights`` after every
+    optimiser step (the first step copies the weights), or None when ``decay`` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 
@@ -278,11 +300,23 @@ class Objective(torch.nn.Module):
         return getattr(self, self.name).loss(*batch, self.scheduler)
 
 
-def make_accelerator(tcfg: TrainConfig):
-    """accelerate's Accelerator for a run: the preset's mixed precision; the CPU when there is no CUDA."""
+def make_accelerator(tcfg: TrainConfig, cpu: bool | None = None):
+    """accelerate's Accelerator for a run: the preset's mixed precision (bf16 autocast runs on a CPU
+    too; fp16 autocast needs CUDA); the CPU when there is no CUDA. In a single process (a notebook,
+    the tests) a run may use another precision than the one before it: accelerate's global state
+    is reset for it. ``cpu``: run on the CPU (default: when there is no CUDA)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
-    return Accelerator(mixed_precision=tcfg.mixed_precision, cpu=not torch.cuda.is_available())
+    cpu = not torch.cuda.is_available() if cpu is None else cpu
+    kwargs = {"mixed_precision": tcfg.mixed_precision, "cpu": cpu}
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as e:
+        if "already been initialized" not in str(e) or PartialState().num_processes != 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kwargs)
 
 
 def data_config(folder, dataset) -> dict:

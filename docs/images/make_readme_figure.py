@@ -33,6 +33,7 @@ def white(rgba: np.ndarray) -> Image.Image:
 
 def main():
     pipe = Compress3DPipeline.from_pretrained("course", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
     spec = SampleSpec()
     cams = np.stack([look_at(4.6 * np.array([np.cos(np.radians(20)) * np.sin(a), np.sin(np.radians(20)),
                                                np.cos(np.radians(20)) * np.cos(a)]))
@@ -43,7 +44,7 @@ def main():
         rng = np.random.default_rng([SPLITS["test"], i, 5])
         cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
         view, _ = render_views(obj.colored_mesh(), cam, intrinsics(INPUT_RES, spec.fov_deg), INPUT_RES)
-        out = pipe(load_image(view[0]), seed=0)
+        out = pipe(load_image(view[0]), seed=0)  # 25 DDIM steps, the checkpoint's guidance
         generated = render_trimesh(out.mesh, cams, 192)
         truth, _ = render_views(obj.colored_mesh(), cams, intrinsics(192, spec.fov_deg), 192)
         rows.append([white(view[0])] + [white(g) for g in generated] + [white(truth[0])])
