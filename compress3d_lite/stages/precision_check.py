@@ -1,0 +1,220 @@
+"""Mixed precision checked on any machine: a few training steps of every stage at a GPU preset's
+precision setting, model sizes shrunk, then a sampling pass under autocast; every loss and every
+output must be finite, and the 16-bit kernels must really have run.
+
+    python -m compress3d_lite.stages.precision_check                          # CPU: bf16
+    python -m compress3d_lite.stages.precision_check --device cuda --precision fp16 bf16
+
+What a training step runs is what ``fit`` runs (training/loop.py): the stage's training module and
+step function from its ``dry_run_setup`` at the preset, accelerate's Accelerator with the mixed
+precision, AdamW with the preset's clipping and schedule, and the EMA when the preset keeps one.
+The data is random, of the right shapes; gradient checkpointing is on where a stage has it.
+``shrink`` makes the models small while keeping each
+preset's structure: its encoder/UNet levels, blocks per level, attention levels, gradient
+checkpointing, embedding width, and a frozen (precomputed) or trained image tower.
+
+The sampling pass, under ``torch.autocast``: the VAE encodes a point cloud, decodes the triplane
+and queries the fields on a grid; an open_clip VisionTransformer of the preset's image size and
+embedding width embeds an image and the shape tower a point cloud; the prior and the UNet sample
+with guidance (DDIM, a few steps).
+
+Precisions: CUDA runs fp16 (with accelerate's gradient scaler) and bf16. A CPU has bf16 autocast
+only -- accelerate runs an "fp16" run on a CPU in fp32 without a word -- so on a CPU the fp16
+presets (``colab_t4``) are checked in bf16, which exercises the same autocast code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+STAGE_NAMES = ("ae", "embed", "prior", "diffusion")
+PRESETS = ("colab_t4", "a100_full")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def shrink(stage: str, preset: str) -> dict:
+    """Overrides for ``dry_run_setup(stage, preset)``: small widths and resolutions, the preset's
+    structure kept (levels, blocks, attention levels, checkpointing, embedding width)."""
+    from .unet import unet_preset
+    from .vae import vae_preset
+
+    if stage == "ae":
+        m = vae_preset(preset).model
+        levels = len(m.enc_channels)
+        return {"point_dim": 16, "volume_res": 8 * 2 ** (levels - 1), "plane_channels": 8,
+                "enc_channels": tuple(8 * 2 ** i for i in range(levels)),
+                "dec_channels": tuple(8 * 2 ** i for i in reversed(range(levels))),
+                "latent_res": 8, "latent_channels": 4, "attn_res": 8, "attn_heads": 2, "head_hidden": 16}
+    if stage == "embed":
+        return {"width": 16, "hidden": 32, "pool_res": 8}
+    if stage == "prior":
+        return {"width": 64, "depth": 2, "time_dim": 32}
+    if stage == "diffusion":
+        m = unet_preset(preset).model
+        return {"latent_channels": 4, "latent_res": 8, "channels": tuple(16 * (i + 1) for i in range(len(m.channels))),
+                "heads": 2, "time_dim": 32}
+    raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGE_NAMES)}")
+
+
+class _KernelDtypes:
+    """Counts the output dtypes of every Linear / Conv / attention projection while active: proof
+    that autocast ran the 16-bit kernels (accelerate returns fp32 from the outer forward)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.seen, self.hooks = model, {}, []
+
+    def __enter__(self):
+        def hook(module, args, out):
+            if torch.is_tensor(out):
+                self.seen[str(out.dtype)] = self.seen.get(str(out.dtype), 0) + 1
+
+        kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+        self.hooks = [m.register_forward_hook(hook) for m in self.model.modules() if isinstance(m, kinds)]
+        return self.seen
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
+def train_steps(stage: str, preset: str, precision: str, device: str = "cpu", steps: int = 3,
+                batch: int = 2, grad_checkpoint: bool = True) -> dict:
+    """``steps`` training steps of ``stage`` at ``preset``'s structure, shrunk, in ``precision``,
+    with gradient checkpointing where the stage has it (``--grad-checkpoint``; recomputation under
+    autocast is where dtype bugs hide): {"losses", "kernel_dtypes", "ema", "model"}."""
+    from ..training.loop import backward, make_accelerator, make_ema, make_optimizer, update
+    from .dryrun import setup
+
+    s = setup(stage, preset, overrides=shrink(stage, preset))
+    tcfg = s.tcfg.override(mixed_precision=precision)
+    accelerator = make_accelerator(tcfg, cpu=device == "cpu")
+    torch.manual_seed(0)
+    model = s.model.train()
+    if grad_checkpoint:  # what --grad-checkpoint turns on: recompute under autocast in the backward pass
+        for m in model.modules():
+            for owner in (m, getattr(m, "cfg", None)):
+                if hasattr(owner, "grad_checkpoint"):
+                    owner.grad_checkpoint = True
+    params, optimizer, scheduler = make_optimizer(model, tcfg)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = make_ema(accelerator.unwrap_model(model), tcfg.ema_decay)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    with _KernelDtypes(model) as seen:
+        for _ in range(steps):
+            data = {k: v.to(accelerator.device) for k, v in s.batch(max(batch, s.measure_batch), g).items()}
+            loss, _ = s.step_fn(model, data)
+            backward(accelerator, loss, optimizer)
+            update(accelerator, optimizer, scheduler, params, tcfg.grad_clip)
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
+            losses.append(loss.item())
+    ema_finite = None if ema is None else all(torch.isfinite(p).all().item() for p in ema.parameters())
+    return {"losses": losses, "kernel_dtypes": dict(seen), "ema": ema_finite,
+            "model": accelerator.unwrap_model(model).eval(), "grad_checkpoint": grad_checkpoint and bool(s.blocks)}
+
+
+@torch.no_grad()
+def sampling_pass(stage: str, preset: str, model: torch.nn.Module, dtype, device: str = "cpu") -> dict:
+    """The stage's inference under ``torch.autocast(device, dtype)``: {name: finite?} and the
+    output dtypes of its kernels."""
+    from ..diffusion import sample
+    from ..mesh import query_points
+    from ..models.image_tower import ImageTower, ImageTowerConfig
+    from ..training.measure import random_points, random_unit
+    from .embed import embed_preset
+
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    with _KernelDtypes(model) as seen, torch.autocast(device_type=device.split(":")[0], dtype=dtype):
+        if stage == "ae":
+            pts = {k: v.to(device) for k, v in random_points(1, 1024, g).items()}
+            mu, logvar = model.encode(pts["points"], pts["colors"])
+            planes = model.decode(mu)  # (1, 3, C, r, r)
+            c = torch.linspace(-0.9, 0.9, 6)
+            xyz = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
+            logits, rgb = query_points(model, planes, xyz.numpy())
+            out = {"latent": torch.isfinite(mu).all().item() and torch.isfinite(logvar).all().item(),
+                   "planes": torch.isfinite(planes).all().item(),
+                   "fields": bool(torch.isfinite(torch.from_numpy(logits)).all() and (rgb >= 0).all())}
+        elif stage == "embed":
+            t = embed_preset(preset).tower  # the preset's tower class and sizes, shrunk in depth and width
+            tower = ImageTower(ImageTowerConfig(name="shrunk", embed_dim=t.embed_dim, image_size=t.image_size,
+                                                patch_size=32, width=32, layers=2, heads=2)).to(device).eval()
+            e_i = tower(torch.randn(2, 3, t.image_size, t.image_size, generator=g).to(device))
+            pts = {k: v.to(device) for k, v in random_points(2, 512, g).items()}
+            e_s = model.shape_tower(pts["points"], pts["colors"])
+            out = {"image_embedding": torch.isfinite(e_i).all().item(),
+                   "shape_embedding": torch.isfinite(e_s).all().item()
+                   and torch.allclose(e_s.float().norm(dim=-1), torch.ones(2, device=device), atol=1e-2)}
+        elif stage == "prior":
+            prior = model.prior
+            e_i = random_unit(2, prior.cfg.embed_dim, g).to(device)
+            e_s = prior.sample(e_i, guidance=2.0, steps=4, sampler="ddim", generator=g)
+            out = {"shape_embedding": torch.isfinite(e_s).all().item()}
+        elif stage == "diffusion":
+            unet = model.unet
+            c = unet.cfg
+            e_i, e_s = (random_unit(2, c.embed_dim, g).to(device) for _ in range(2))
+            z = sample(lambda x, t: unet.guided(x, t, e_i, e_s, 2.0, 1.0),
+                       (2, 3, c.latent_channels, c.latent_res, c.latent_res), unet.diffusion_cfg, steps=4,
+                       sampler="ddim", generator=g, device=device)
+            out = {"latent": torch.isfinite(z).all().item()}
+    return {"finite": out, "kernel_dtypes": dict(seen)}
+
+
+def check(stage: str, preset: str, precision: str | None = None, device: str = "cpu", steps: int = 3) -> dict:
+    """Train ``steps`` steps and sample once; ``precision`` defaults to the preset's, or bf16 on a
+    CPU. The result's ``ok`` is True when losses and outputs are finite and 16-bit kernels ran."""
+    from .dryrun import STAGES
+
+    preset_precision = STAGES[stage].dry_run_setup(preset, meta=True).tcfg.mixed_precision
+    precision = precision or preset_precision
+    ran_as = "bf16" if device == "cpu" else precision  # a CPU has no fp16 autocast for training
+    t0 = time.perf_counter()
+    r = train_steps(stage, preset, ran_as, device, steps)
+    s = sampling_pass(stage, preset, r.pop("model"), DTYPES[ran_as], device)
+    half = str(DTYPES[ran_as])
+    ok = (all(map(lambda x: x == x and abs(x) != float("inf"), r["losses"])) and r["ema"] is not False
+          and all(s["finite"].values()) and r["kernel_dtypes"].get(half, 0) > 0 and s["kernel_dtypes"].get(half, 0) > 0)
+    return {"stage": stage, "preset": preset, "preset_precision": preset_precision, "precision": ran_as,
+            "device": device, **r, "sampling": s, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compress3d_lite.stages.precision_check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--precision", nargs="+", choices=sorted(DTYPES), default=None,
+                    help="precisions to check (default: each preset's own; on a CPU bf16)")
+    ap.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS), help="GPU presets to check")
+    ap.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=list(STAGE_NAMES), help="stages to check")
+    ap.add_argument("--steps", type=int, default=3, help="training steps per check (default 3)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    a = ap.parse_args(argv)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    results = []
+    for preset in a.presets:
+        for precision in a.precision or [None]:
+            for stage in a.stages:
+                r = check(stage, preset, precision, a.device, a.steps)
+                results.append(r)
+                print(f"{'ok  ' if r['ok'] else 'FAIL'} {preset:9s} {stage:9s} {r['precision']} on {a.device}"
+                      f" (preset: {r['preset_precision']}): losses {', '.join(f'{x:.4f}' for x in r['losses'])};"
+                      f" sampling {r['sampling']['finite']}; {r['seconds']:.1f} s", flush=True)
+    if a.json:
+        from ..data.io import atomic_write_bytes
+
+        atomic_write_bytes(a.json, json.dumps(results, indent=1).encode())
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
