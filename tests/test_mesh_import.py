@@ -14,9 +14,15 @@ import pytest
 import trimesh
 
 from compress3d_lite.config import SampleSpec
-from compress3d_lite.data import io
+from compress3d_lite.data import io, occupancy
 from compress3d_lite.data.mesh_import import MeshImportError, import_files, import_mesh, load_colored_mesh, output_names
-from compress3d_lite.data.occupancy import fibonacci_directions, visibility_occupancy
+from compress3d_lite.data.occupancy import (
+    fibonacci_directions,
+    mesh_occupancy,
+    occupancy_method,
+    visibility_occupancy,
+    winding_number_occupancy,
+)
 from compress3d_lite.data.primitives import similarity
 from compress3d_lite.data.sample_meshes import (
     CRATE_KD,
@@ -117,6 +123,27 @@ def test_eval_occupancy(eval_imports):
     assert agree.mean() >= 0.97
 
 
+def _needs_embree():
+    if occupancy_method() != "visibility":
+        pytest.skip("the visibility reference needs Embree (the [fast] extra)")
+
+
+def _agreement(mesh, n=20_000, seed=0) -> float:
+    """Fraction of uniform + near-surface queries on which the two inside tests agree."""
+    rng = np.random.default_rng(seed)
+    surface, _ = trimesh.sample.sample_surface(mesh, n // 2, seed=seed)
+    q = np.concatenate([rng.uniform(-1, 1, (n // 2, 3)), surface + rng.normal(0, 0.02, surface.shape)])
+    return float((visibility_occupancy(mesh, q) == winding_number_occupancy(mesh, q)).mean())
+
+
+def test_eval_winding_number_agrees_with_the_visibility_test(eval_imports):
+    """The fallback without Embree gives the same labels on the real meshes (occupancy.py)."""
+    _needs_embree()
+    agree = {name: _agreement(load_colored_mesh(eval_path(name))[0].mesh) for name in EVAL_MESHES}
+    assert min(agree.values()) >= 0.99, agree  # the Amsterdam block: 99.4%
+    assert sum(a >= 0.9999 for a in agree.values()) >= 12, agree  # all but it and the milk truck (99.95%)
+
+
 def test_eval_cake_is_deterministic_across_processes(eval_imports):
     """trimesh gives the cake's glTF nodes random name suffixes; the arrays must not change."""
     code = ("import sys, hashlib; from compress3d_lite.config import SampleSpec; "
@@ -140,12 +167,46 @@ def test_fibonacci_directions():
     assert np.abs(d).max() < 1.0  # never axis-aligned
 
 
-def test_visibility_occupancy_known_shapes():
+def test_both_inside_tests_on_known_shapes():
+    for method in occupancy.METHODS:
+        _known_shapes(lambda mesh, p: mesh_occupancy(mesh, p, method))
+    with pytest.raises(ValueError, match="unknown occupancy method 'parity'"):
+        mesh_occupancy(trimesh.creation.box(), np.zeros((1, 3)), "parity")
+
+
+def test_winding_number_ignores_flipped_normals():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
+    sphere.invert()
+    assert winding_number_occupancy(sphere, [[0, 0, 0], [0.5, 0.1, 0], [0.9, 0, 0]]).tolist() == [True, True, False]
+    assert winding_number_occupancy(sphere, np.zeros((0, 3))).shape == (0,)
+
+
+def test_winding_number_agrees_with_the_visibility_test_on_the_sample_meshes(samples):
+    _needs_embree()
+    meshes = {name: path for name, path in samples.items() if path.suffix in (".obj", ".glb", ".ply")}
+    assert len(meshes) == 3
+    for name, path in meshes.items():
+        assert _agreement(load_colored_mesh(path)[0].mesh, n=10_000) >= 0.999, name
+
+
+def test_without_embree_the_import_uses_the_winding_number(samples, tmp_path, monkeypatch):
+    monkeypatch.setattr(occupancy, "ray_backend", lambda: "rtree")
+    assert occupancy_method() == "winding_number"
+    called = []
+    monkeypatch.setattr(occupancy, "visibility_occupancy", lambda *a, **k: called.append(1))  # must not run
+    entries, failures = import_files([samples["crate.obj"]], tmp_path / "imp", SPEC, progress=False)
+    assert not failures and not called
+    assert io.read_index(tmp_path / "imp")["occupancy"] == "winding_number"
+    ex = io.load_object(tmp_path / "imp" / "crate.npz")
+    assert 0.05 < ex["occ_labels"].mean() < 0.95
+
+
+def _known_shapes(inside_fn):
     rng = np.random.default_rng(0)
     p = rng.uniform(-1, 1, size=(4000, 3))
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.8)
     r = np.linalg.norm(p, axis=1)
-    inside = visibility_occupancy(sphere, p)
+    inside = inside_fn(sphere, p)
     far = np.abs(r - 0.8) > 0.02  # away from the tessellated surface
     assert (inside[far] == (r[far] < 0.8)).all()
     # two overlapping boxes, concatenated: ray parity calls the overlap outside, visibility not
@@ -153,14 +214,14 @@ def test_visibility_occupancy_known_shapes():
     b.apply_translation((0.5, 0, 0))
     both = trimesh.util.concatenate([a, b])
     overlap = np.array([[0.25, 0.0, 0.0], [0.3, 0.1, -0.2]])
-    assert visibility_occupancy(both, overlap).all()
+    assert inside_fn(both, overlap).all()
     # an open tube: its hollow sees the sky through the ends (outside), its wall is inside
     tube = trimesh.creation.annulus(0.3, 0.5, height=1.0)
     pts = np.array([[0.0, 0.0, 0.0], [0.0, 0.1, 0.2], [0.4, 0.0, 0.0], [0.0, -0.4, 0.3]])
-    assert visibility_occupancy(tube, pts).tolist() == [False, False, True, True]
+    assert inside_fn(tube, pts).tolist() == [False, False, True, True]
     # a zero-thickness sheet has no inside
     sheet = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]])
-    assert not visibility_occupancy(sheet, p * [0.9, 0.9, 0.01]).any()
+    assert not inside_fn(sheet, p * [0.9, 0.9, 0.01]).any()
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ grey Kd 0.4 that would otherwise darken the texture).
 
 Then the object is moved into the data frame: the bounding box of the referenced vertices is
 centred at the origin and scaled so its largest side is 1.8 (it fits [-0.9, 0.9]^3). Occupancy
-labels come from the visibility test (``occupancy.py``), because almost no real mesh is
-watertight.
+labels come from the visibility test, or libigl's winding number where Embree is not installed
+(``occupancy.py``), because almost no real mesh is watertight.
 
     cmesh, transform = load_colored_mesh("Duck.glb")
     example = import_mesh("Duck.glb", SampleSpec())        # the arrays of io.save_object
@@ -39,7 +39,7 @@ import numpy as np
 import trimesh
 
 from ..config import HALF_EXTENT, SampleSpec
-from .occupancy import visibility_occupancy
+from .occupancy import mesh_occupancy, occupancy_method
 from .render import ray_intersector
 from .sampling import make_example
 from .surface import ColoredMesh, ConstantColor, CornerColors, TextureColor
@@ -243,12 +243,14 @@ def load_colored_mesh(path) -> tuple:
 
 
 def mesh_example(cmesh: ColoredMesh, transform: np.ndarray, source: str, spec: SampleSpec,
-                 seed: int = 0) -> dict:
-    """The arrays of one imported object (io.py format) from an already loaded mesh."""
+                 seed: int = 0, occupancy: str | None = None) -> dict:
+    """The arrays of one imported object (io.py format) from an already loaded mesh; ``occupancy``:
+    the inside test (occupancy.py; default ``occupancy_method()``)."""
     rng = np.random.default_rng(seed)
-    intersector = ray_intersector(cmesh.mesh)
+    method = occupancy or occupancy_method()
+    intersector = ray_intersector(cmesh.mesh) if method == "visibility" else None
     example = make_example(cmesh, spec, rng,
-                           inside=lambda p: visibility_occupancy(cmesh.mesh, p, intersector=intersector))
+                           inside=lambda p: mesh_occupancy(cmesh.mesh, p, method, intersector=intersector))
     example.update(transform=np.asarray(transform, np.float64),
                    part_names=np.array(cmesh.part_names, dtype=str), source=np.array(source))
     return example
@@ -331,5 +333,5 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
                         "inside_fraction": round(float(example["occ_labels"].mean()), 4)})
     if entries:
         write_index(out_dir, entries, generator="import", spec=spec.to_dict(), seed=seed,
-                    ray_backend=ray_backend())
+                    ray_backend=ray_backend(), occupancy=occupancy_method())
     return entries, failures

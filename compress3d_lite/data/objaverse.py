@@ -291,6 +291,7 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
     anything is written."""
     from tqdm.auto import tqdm
 
+    from .occupancy import occupancy_method
     from .render import ray_backend
 
     t0, out = time.time(), Path(out_dir)
@@ -358,7 +359,8 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
     entries, filtered = _index_entries(out, fresh, qfilter, threshold)
     if entries or filtered:
         write_index(out, entries, generator="objaverse", spec=spec.to_dict(), seed=seed,
-                    ray_backend=ray_backend(), filter=settings["filter"], threshold=threshold)
+                    ray_backend=ray_backend(), occupancy=occupancy_method(), filter=settings["filter"],
+                    threshold=threshold)
     kinds = {}
     for f in failures:
         kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
@@ -370,6 +372,7 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
         "failures": [{k: f[k] for k in ("uid", "source", "reason")} for f in failures],
         "failure_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
         "filtered": filtered, "seconds": round(time.time() - t0, 2), "ray_backend": ray_backend(),
+        "occupancy": occupancy_method(),
     }
     if failures or entries or filtered:
         atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())

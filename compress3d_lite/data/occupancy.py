@@ -1,4 +1,8 @@
-"""Inside/outside labels for real meshes that are not watertight: the visibility test.
+"""Inside/outside labels for real meshes that are not watertight: the visibility test, and
+libigl's fast winding number where Embree is missing.
+
+    inside = mesh_occupancy(mesh, points)          # (M,) bool, by occupancy_method()
+    occupancy_method()                             # 'visibility' (Embree installed) or 'winding_number'
 
 Ray parity (trimesh ``mesh.contains``) and winding numbers need a closed, consistently oriented
 surface. Almost no real mesh is one as loaded (13 of the 14 third-party meshes we test on): UV seams
@@ -30,6 +34,24 @@ How it fails (documented, accepted):
 * with a finite set of directions, a ray can slip through a crack between triangles (a mesh
   with gaps, or a ray grazing an edge) and label an inside point outside; more directions make
   this likelier, fewer make the pocket filling worse. 64 is the usual compromise.
+
+Without Embree, trimesh's rtree intersector casts the same rays 200-1000x slower (10k uniform
+queries: the toy lamp 2.1 s against Embree's 0.01 s, the Duck 24 s against 0.06 s, the armchair
+48 s against 0.05 s). There the import path uses the *generalised winding number* instead
+(Jacobson et al. 2013, "Robust inside-outside segmentation using generalized winding numbers";
+libigl's fast Barnes-Hut version, Barill et al. 2018): w(p) is the signed solid angle the
+triangles subtend at p over 4 pi -- 1 inside a closed surface, 0 outside, smooth in between
+across holes. A point is inside when |w| > 1/2 (the absolute value: a mesh with all normals
+flipped gives -1). It is made for the same messy meshes: small holes barely move w, overlapping
+parts and duplicated sheets give 2 (still inside), and an open sheet has |w| < 1/2 on both sides
+(empty, as with the visibility test). It differs where the visibility test fills an unseen
+pocket (w there is 0: empty) and where parts have inconsistent orientations (they cancel).
+
+On 14 third-party meshes (textured GLB/OBJ, PLY) the two tests agree on at least 99.99% of 20k
+uniform + near-surface queries for 12 of them, 99.95% for the Cesium milk truck and 99.4% for the
+Amsterdam city block, and on at least 99.9% for the shipped sample meshes
+(tests/test_mesh_import.py). The winding number takes 0.03-0.1 s for the 10k queries above and
+0.1-1.4 s per 100k uniform + near-surface queries, on one core.
 """
 
 from __future__ import annotations
@@ -39,8 +61,9 @@ import functools
 import numpy as np
 import trimesh
 
-from .render import ray_intersector
+from .render import ray_backend, ray_intersector
 
+METHODS = ("visibility", "winding_number")
 DIRECTIONS_PER_ROUND = 8  # rays per point per round; points that escape drop out early
 MAX_RAYS_PER_CALL = 1 << 20  # bounds the memory of one ray batch (~50 MB of float64 arrays)
 
@@ -98,3 +121,34 @@ def visibility_occupancy(mesh: trimesh.Trimesh, points: np.ndarray, n_directions
         if not inside.any():
             break
     return inside
+
+
+def winding_number_occupancy(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(M, 3) query points -> (M,) bool, True = inside: |generalised winding number| > 1/2
+    (libigl's fast winding number of the triangle soup; see the module docstring)."""
+    import igl
+
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    if not len(points):
+        return np.zeros(0, bool)
+    w = igl.fast_winding_number(np.asarray(mesh.vertices, np.float64), np.asarray(mesh.faces, np.int64),
+                                np.ascontiguousarray(points))
+    return np.abs(w) > 0.5
+
+
+def occupancy_method() -> str:
+    """The inside test used when none is asked for: 'visibility' where Embree casts the rays
+    (``ray_backend() == 'embree'``), else 'winding_number' (libigl; no rays)."""
+    return "visibility" if ray_backend() == "embree" else "winding_number"
+
+
+def mesh_occupancy(mesh: trimesh.Trimesh, points: np.ndarray, method: str | None = None,
+                   intersector=None) -> np.ndarray:
+    """(M, 3) query points -> (M,) bool, True = inside, by ``method`` ('visibility' or
+    'winding_number'; None: ``occupancy_method()``)."""
+    method = method or occupancy_method()
+    if method == "visibility":
+        return visibility_occupancy(mesh, points, intersector=intersector)
+    if method == "winding_number":
+        return winding_number_occupancy(mesh, points)
+    raise ValueError(f"unknown occupancy method {method!r}; choose from {', '.join(METHODS)}")

@@ -10,7 +10,7 @@ One example holds
 * optionally ``images`` / ``depths`` / ``cam2world`` / ``intrinsics``: rendered views.
 
 The same function serves toy objects (exact labels from the composition) and imported meshes
-(labels from the visibility test in ``occupancy.py``); they differ only in the inside test and
+(labels from the visibility test or the winding number, ``occupancy.py``); they differ only in the inside test and
 in an optional filter that drops surface samples lying inside the solid (the internal faces
 where toy parts overlap).
 """
