@@ -48,7 +48,7 @@ def _imported_layers(source: str, here: tuple) -> set:
             out.update(n for n in names if n)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("compress3d_lite."):
             out.add(node.module.split(".")[1])
-    return out - {"__init__"}
+    return out - {"__init__", "__version__"}  # the package's own __init__ (its version string) is no layer
 
 
 def test_imports_run_one_way():
