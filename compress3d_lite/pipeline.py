@@ -6,6 +6,7 @@
     out.mesh.export("lamp.glb"); print(out.timings)
     out = pipe(["a.png", "b.png"], seed=0)                      # one batch through the prior and the UNet
     pipe.to("cuda"); pipe.save_pretrained("my_pipeline")       # vae/ embed/ prior/ unet/ + pipeline.json
+    pipe.push_to_hub("my-course/compress3d-toy")               # then from_pretrained("my-course/compress3d-toy")
 
 One call, for B images at once:
     1. images -> e_i (B, D)              image tower (open_clip)
@@ -59,7 +60,12 @@ PARTS = ("vae", "embed", "prior", "unet")
 
 def pipeline_parts(source="course") -> dict:
     """{"vae", "embed", "prior", "unet"} -> checkpoint folder, for a preset name, a pipeline folder
-    or a Hub repo id of one (read from the local Hugging Face cache when offline)."""
+    or a Hub repo id of one (read from the local Hugging Face cache when offline), or a dict of
+    the four parts' folders (the release folders of four training runs)."""
+    if isinstance(source, dict):
+        if sorted(source) != sorted(PARTS):
+            raise CheckpointError(f"a pipeline from parts needs exactly {', '.join(PARTS)}; got {', '.join(source)}")
+        return {k: resolve_folder(source[k]) for k in PARTS}
     if isinstance(source, str) and source in PRESETS:
         return {k: shipped_checkpoint(v) for k, v in PRESETS[source].items()}
     root = resolve_folder(source)
@@ -123,8 +129,9 @@ class Compress3DPipeline:
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, source="course", device: str | None = None, use_ema: bool = True) -> "Compress3DPipeline":
-        """``source``: a preset name (``course``), a pipeline folder (vae/, embed/, prior/, unet/) or
-        the Hub repo id of one. ``use_ema``: the EMA weights of the prior and UNet when they have them."""
+        """``source``: a preset name (``course``), a pipeline folder (vae/, embed/, prior/, unet/), the
+        Hub repo id of one, or {"vae", "embed", "prior", "unet"} -> folder (four training runs'
+        release folders). ``use_ema``: the EMA weights of the prior and UNet when they have them."""
         parts = pipeline_parts(source)
         unet, ucfg = load_unet(parts["unet"], use_ema=use_ema)
         vae, _ = load_vae(parts["vae"])
@@ -157,6 +164,21 @@ class Compress3DPipeline:
         atomic_write_bytes(root / "pipeline.json", (json.dumps(info, indent=1) + "\n").encode())
         return root
 
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload Compress3D pipeline") -> str:
+        """``save_pretrained`` into a temporary folder and upload it to the Hub repo ``repo_id``
+        (created when missing); returns the commit URL. ``from_pretrained(repo_id)`` loads it."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
+
     def to(self, device) -> "Compress3DPipeline":
         """Move every part (and the latent statistics) to ``device``; returns the pipeline."""
         device = str(torch.device(device))
@@ -165,6 +187,19 @@ class Compress3DPipeline:
         self.latent_mean, self.latent_std = self.latent_mean.to(device), self.latent_std.to(device)
         self.device = device
         return self
+
+    @torch.no_grad()
+    def warm_up(self) -> float:
+        """One call on a blank image with one denoising step and a 16^3 mesh grid (its result is
+        thrown away), so that the first real call runs as fast as the later ones: PyTorch's
+        one-time kernel selection, allocator growth and lazy imports happen here. Returns the
+        seconds it took."""
+        import numpy as np
+
+        t = time.perf_counter()
+        blank = np.full((self.tower.cfg.image_size,) * 2 + (3,), 255, np.uint8)
+        self(blank, num_inference_steps=1, prior_steps=1, mesh_resolution=16, seed=0)
+        return time.perf_counter() - t
 
     def set_progress_bar_config(self, **kwargs) -> None:
         """tqdm options of the denoising progress bar, e.g. ``disable=True`` (as in diffusers)."""

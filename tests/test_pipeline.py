@@ -130,3 +130,49 @@ def test_a_failed_mesh_is_reported_not_raised_for_a_batch(pipe, monkeypatch):
     with pytest.raises(MeshingError, match="no surface"):
         pipe(IMAGES[0], seed=0, **FAST).mesh
     assert np.isfinite(out.latents.numpy()).all()
+
+
+def test_push_to_hub_uploads_what_save_pretrained_writes(pipe, monkeypatch):
+    import huggingface_hub
+
+    seen = {}
+
+    class FakeApi:  # records the calls; the real one needs a network and a token
+        def __init__(self, token=None):
+            seen["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            seen["created"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            from pathlib import Path
+
+            seen["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*.json"))
+            return f"https://huggingface.co/{repo_id}/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = pipe.push_to_hub("my-course/c3d", private=True, token="t")
+    assert url == "https://huggingface.co/my-course/c3d/commit/abc"
+    assert seen["created"] == ("my-course/c3d", True, True) and seen["token"] == "t"
+    assert {"pipeline.json", "vae/config.json", "unet/config.json", "prior/config.json",
+            "embed/shape_tower/config.json", "embed/image_tower/config.json"} <= set(seen["files"])
+
+
+def test_a_pipeline_from_four_run_folders(pipe, tmp_path):
+    from compress3d_lite.samples import shipped_checkpoint
+
+    parts = {k: shipped_checkpoint(f"{k}_course") for k in ("vae", "embed", "prior", "unet")}
+    again = Compress3DPipeline.from_pretrained(parts, device="cpu")
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(again(IMAGES[2], seed=1, **FAST).latents, pipe(IMAGES[2], seed=1, **FAST).latents)
+    with pytest.raises(CheckpointError, match="needs exactly vae, embed, prior, unet"):
+        Compress3DPipeline.from_pretrained({"vae": parts["vae"]})
+    wrong = {**parts, "vae": shipped_checkpoint("vae_course_noattn")}  # the UNet was trained on the other VAE
+    with pytest.raises(CheckpointError, match="another VAE"):
+        Compress3DPipeline.from_pretrained(wrong)
+
+
+def test_warm_up_changes_nothing(pipe):
+    before = pipe(IMAGES[0], seed=4, **FAST).latents
+    assert pipe.warm_up() > 0
+    assert torch.equal(pipe(IMAGES[0], seed=4, **FAST).latents, before)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from compress3d_lite.checkpoint import read_config
 from compress3d_lite.pipeline import Compress3DPipeline
 from compress3d_lite.samples import sample_path, shipped_checkpoint
 from compress3d_lite.stages.precision_check import STAGE_NAMES, check, main, train_steps
-from compress3d_lite.stages.prior import load_prior, prior_preset, train_prior
+from compress3d_lite.stages.prior import load_prior, prior_preset
 from compress3d_lite.stages.unet import load_unet, train_unet, unet_preset
 
 # ------------------------------------------------------------------------------------------ bf16
@@ -96,12 +97,14 @@ def test_loaders_and_the_pipeline_use_the_ema_when_present(ema_runs, tmp_path):
     assert Compress3DPipeline.from_pretrained(pipe, device="cpu", use_ema=False).unet.weights_used == "model"
 
 
-def test_the_prior_keeps_its_ema_too(tmp_path):
-    train_prior("lite", tmp_path / "prior", embed=str(shipped_checkpoint("embed_course")),
-                data=str(sample_path("toyshapes")), progress=False,
-                train_overrides={"steps": 4, "batch_size": 8, "ema_decay": 0.5, "mixed_precision": "bf16",
-                                 "log_every": 2, "ckpt_every": 1000})
+def test_the_prior_keeps_its_ema_too_from_the_command_line(tmp_path):
+    from compress3d_lite.cli import main
+
+    assert main(["train", "prior", "--preset", "lite", "--embed", str(shipped_checkpoint("embed_course")),
+                 "--data", str(sample_path("toyshapes")), "--out", str(tmp_path / "prior"), "--steps", "4",
+                 "--batch-size", "8", "--ema-decay", "0.5"]) == 0
     folder = tmp_path / "prior" / "prior"
+    assert read_config(folder)["train"]["ema_decay"] == 0.5
     ema = load_file(folder / "ema.safetensors")
     prior, _ = load_prior(folder)
     assert prior.weights_used == "ema" and set(ema) == set(prior.state_dict())

@@ -92,7 +92,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--guidance-shape", type=float, default=None,
                    help="shape guidance scale (default: the checkpoint's measured best; paper best 1.0)")
     g.add_argument("--pipeline", default="course",
-                   help="preset name or pipeline folder (default: the shipped course checkpoints)")
+                   help="preset name, pipeline folder or Hub repo id of one (default: the shipped course checkpoints)")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     g.set_defaults(func=cmd_generate)
 

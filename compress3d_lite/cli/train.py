@@ -18,7 +18,8 @@ def _train_overrides(args) -> dict:
     """TrainConfig fields given on the command line."""
     return {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed),
                               ("n_train", getattr(args, "n_train", None)),
-                              ("num_workers", getattr(args, "num_workers", None))) if v is not None}
+                              ("num_workers", getattr(args, "num_workers", None)),
+                              ("ema_decay", getattr(args, "ema_decay", None))) if v is not None}
 
 
 def _dry_run(stage, args, **overrides):
@@ -128,6 +129,10 @@ def add_parsers(sub) -> None:
     _common(pr, "prior/, embeddings.safetensors")
     pr.add_argument("--embed", default=None, help="the output folder of train embed (its towers; required unless --dry-run)")
     pr.add_argument("--data", default=None, help="dataset folder with views (default: the towers' training set)")
+    pr.add_argument("--ema-decay", type=float, default=None,
+                    help="keep an exponential moving average of the weights with this decay, written as "
+                         "ema.safetensors and used when loading (0: none; default: the preset's, 0.9999 at "
+                         "colab_t4 / a100_full, none at lite / course)")
     pr.set_defaults(func=cmd_train_prior)
 
     df = tr.add_parser("diffusion", help="the triplane latent diffusion UNet (stage 4)")
@@ -139,4 +144,8 @@ def add_parsers(sub) -> None:
     df.add_argument("--grad-checkpoint", action="store_true",
                     help="recompute the ResBlocks and cross-attention in the backward pass (~3x less activation "
                          "memory, ~1/3 more compute)")
+    df.add_argument("--ema-decay", type=float, default=None,
+                    help="keep an exponential moving average of the weights with this decay, written as "
+                         "ema.safetensors and used when loading (0: none; default: the preset's, 0.9999 at "
+                         "colab_t4 / a100_full, none at lite / course)")
     df.set_defaults(func=cmd_train_diffusion)
