@@ -29,3 +29,13 @@ def small_spec():
     from compress3d_lite.config import SampleSpec
 
     return SampleSpec(n_points=1024, n_uniform=2048, n_near=2048, views=2, resolution=48)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The shipped course pipeline on the CPU, progress bars off (once per test module)."""
+    from compress3d_lite.pipeline import Compress3DPipeline
+
+    p = Compress3DPipeline.from_pretrained("course", device="cpu")
+    p.set_progress_bar_config(disable=True)
+    return p

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -75,15 +74,6 @@ def test_a100_full_unet_is_paper_size():
     with torch.device("meta"):
         n = sum(p.numel() for p in TriplaneUNet(cfg).parameters())
     assert abs(n - 864e6) / 864e6 < 0.1  # docs/paper.md §5: 864M
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    from compress3d_lite.pipeline import Compress3DPipeline
-
-    p = Compress3DPipeline.from_pretrained("course", device="cpu")
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 def test_same_seed_same_mesh_and_result_fields(pipe):

@@ -18,13 +18,6 @@ IMAGES = [str(sample_path("toyshapes", "images", f"{i:06d}_0.png")) for i in (3,
 FAST = {"num_inference_steps": 3, "mesh_resolution": 24}
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    p = Compress3DPipeline.from_pretrained("course", device="cpu")
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
