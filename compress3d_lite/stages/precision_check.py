@@ -90,10 +90,10 @@ def train_steps(stage: str, preset: str, precision: str, device: str = "cpu", st
     from ..training.loop import backward, make_accelerator, make_ema, make_optimizer, update
     from .dryrun import setup
 
+    torch.manual_seed(0)  # the random init: the same numbers on every run
     s = setup(stage, preset, overrides=shrink(stage, preset))
     tcfg = s.tcfg.override(mixed_precision=precision)
     accelerator = make_accelerator(tcfg, cpu=device == "cpu")
-    torch.manual_seed(0)
     model = s.model.train()
     if grad_checkpoint:  # what --grad-checkpoint turns on: recompute under autocast in the backward pass
         for m in model.modules():
