@@ -188,6 +188,12 @@ class Compress3DPipeline:
         self.device = device
         return self
 
+    def guidance(self, image_guidance_scale: float | None = None,
+                 shape_guidance_scale: float | None = None) -> tuple:
+        """(image, shape) guidance scales: the ones given, the checkpoint's defaults for None."""
+        return (self.default_guidance["image"] if image_guidance_scale is None else image_guidance_scale,
+                self.default_guidance["shape"] if shape_guidance_scale is None else shape_guidance_scale)
+
     @torch.no_grad()
     def warm_up(self) -> float:
         """One call on a blank image with one denoising step and a 16^3 mesh grid (its result is
@@ -227,8 +233,7 @@ class Compress3DPipeline:
                        callback=None, progress: bool = True) -> torch.Tensor:
         """Normalised latents (B, 3, c', r', r') for the embeddings, by DDIM with dual guidance
         (scales default to ``self.default_guidance``)."""
-        gi = self.default_guidance["image"] if image_guidance_scale is None else image_guidance_scale
-        gs = self.default_guidance["shape"] if shape_guidance_scale is None else shape_guidance_scale
+        gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
         cfg = self.unet.cfg
         shape = (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
         generators = generators or _generators(None, 0, e_i.shape[0])
@@ -303,8 +308,7 @@ class Compress3DPipeline:
         the others are still done. Nothing is written when every image failed. ``about``: entries
         put first in the report. Returns the report; ``report["n_failed"]`` counts failures."""
         out = Path(out_dir)
-        gi = self.default_guidance["image"] if image_guidance_scale is None else image_guidance_scale
-        gs = self.default_guidance["shape"] if shape_guidance_scale is None else shape_guidance_scale
+        gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
         source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
                   "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
         report = {**(about or {}), "settings": {"steps": num_inference_steps, "seed": seed, "use_prior": use_prior,

@@ -21,8 +21,7 @@ def cmd_generate(args):
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
     load_seconds = time.perf_counter() - t0
-    gi = pipe.default_guidance["image"] if args.guidance_image is None else args.guidance_image
-    gs = pipe.default_guidance["shape"] if args.guidance_shape is None else args.guidance_shape
+    gi, gs = pipe.guidance(args.guidance_image, args.guidance_shape)
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
           f"the prior, {args.steps} steps, guidance image {gi:g} / shape {gs:g}")

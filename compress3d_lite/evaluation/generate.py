@@ -56,8 +56,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     t_start = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(pipeline, device=device)
     pipe.set_progress_bar_config(disable=True)
-    guidance_image = pipe.default_guidance["image"] if guidance_image is None else guidance_image
-    guidance_shape = pipe.default_guidance["shape"] if guidance_shape is None else guidance_shape
+    guidance_image, guidance_shape = pipe.guidance(guidance_image, guidance_shape)
     n_points = pipe.shape_points
     split_seed = SPLITS[split]
     gt_es = torch.cat([embed_points(pipe.shape_tower, *surface_points(item, n_points))  # the gallery

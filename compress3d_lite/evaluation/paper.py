@@ -237,7 +237,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
     parts = pipeline_parts(pipeline)
     objects = paper_test_set(p)
     scorer = make_scorer(objects, p, pipe.tower, features)
-    gi, gs = pipe.default_guidance["image"], pipe.default_guidance["shape"]
+    gi, gs = pipe.guidance()
     vc = pipe.vae.cfg
     report = {
         "pipeline": str(pipeline), "protocol": asdict(p), "split_seed": SPLITS[p.split],

@@ -82,16 +82,20 @@ class _KernelDtypes:
             h.remove()
 
 
-def train_steps(stage: str, preset: str, precision: str, device: str = "cpu", steps: int = 3,
+def train_steps(stage: str, preset: str, precision: str | None = None, device: str = "cpu", steps: int = 3,
                 batch: int = 2, grad_checkpoint: bool = True) -> dict:
-    """``steps`` training steps of ``stage`` at ``preset``'s structure, shrunk, in ``precision``,
-    with gradient checkpointing where the stage has it (``--grad-checkpoint``; recomputation under
-    autocast is where dtype bugs hide): {"losses", "kernel_dtypes", "ema", "model"}."""
+    """``steps`` training steps of ``stage`` at ``preset``'s structure, shrunk, in ``precision``
+    (None: the preset's; on a CPU bf16 -- a CPU has no fp16 autocast for training), with gradient
+    checkpointing where the stage has it (``--grad-checkpoint``; recomputation under autocast is
+    where dtype bugs hide): {"losses", "kernel_dtypes", "ema", "model", "precision",
+    "preset_precision", "grad_checkpoint"}."""
     from ..training.loop import backward, make_accelerator, make_ema, make_optimizer, update
     from .dryrun import setup
 
     torch.manual_seed(0)  # the random init: the same numbers on every run
     s = setup(stage, preset, overrides=shrink(stage, preset))
+    preset_precision = s.tcfg.mixed_precision
+    precision = precision or ("bf16" if device == "cpu" else preset_precision)
     tcfg = s.tcfg.override(mixed_precision=precision)
     accelerator = make_accelerator(tcfg, cpu=device == "cpu")
     model = s.model.train()
@@ -116,7 +120,8 @@ def train_steps(stage: str, preset: str, precision: str, device: str = "cpu", st
             losses.append(loss.item())
     ema_finite = None if ema is None else all(torch.isfinite(p).all().item() for p in ema.parameters())
     return {"losses": losses, "kernel_dtypes": dict(seen), "ema": ema_finite,
-            "model": accelerator.unwrap_model(model).eval(), "grad_checkpoint": grad_checkpoint and bool(s.blocks)}
+            "model": accelerator.unwrap_model(model).eval(), "grad_checkpoint": grad_checkpoint and bool(s.blocks),
+            "precision": precision, "preset_precision": preset_precision}
 
 
 @torch.no_grad()
@@ -171,19 +176,14 @@ def sampling_pass(stage: str, preset: str, model: torch.nn.Module, dtype, device
 def check(stage: str, preset: str, precision: str | None = None, device: str = "cpu", steps: int = 3) -> dict:
     """Train ``steps`` steps and sample once; ``precision`` defaults to the preset's, or bf16 on a
     CPU. The result's ``ok`` is True when losses and outputs are finite and 16-bit kernels ran."""
-    from .dryrun import STAGES
-
-    preset_precision = STAGES[stage].dry_run_setup(preset, meta=True).tcfg.mixed_precision
-    precision = precision or preset_precision
-    ran_as = "bf16" if device == "cpu" else precision  # a CPU has no fp16 autocast for training
     t0 = time.perf_counter()
-    r = train_steps(stage, preset, ran_as, device, steps)
-    s = sampling_pass(stage, preset, r.pop("model"), DTYPES[ran_as], device)
-    half = str(DTYPES[ran_as])
+    r = train_steps(stage, preset, "bf16" if device == "cpu" else precision, device, steps)
+    s = sampling_pass(stage, preset, r.pop("model"), DTYPES[r["precision"]], device)
+    half = str(DTYPES[r["precision"]])
     ok = (all(map(lambda x: x == x and abs(x) != float("inf"), r["losses"])) and r["ema"] is not False
           and all(s["finite"].values()) and r["kernel_dtypes"].get(half, 0) > 0 and s["kernel_dtypes"].get(half, 0) > 0)
-    return {"stage": stage, "preset": preset, "preset_precision": preset_precision, "precision": ran_as,
-            "device": device, **r, "sampling": s, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"stage": stage, "preset": preset, "device": device, **r, "sampling": s, "ok": ok,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def main(argv=None) -> int:
