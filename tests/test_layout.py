@@ -26,7 +26,7 @@ ALLOWED = {
     "evaluation": {"config", "samples", "checkpoint", "data", "models", "diffusion", "mesh", "training", "stages",
                    "pipeline"},
     "pipeline": {"config", "samples", "checkpoint", "data", "models", "diffusion", "mesh", "stages"},
-    "viz": {"config", "data"},
+    "viz": {"config", "data", "mesh"},  # mesh: the explorer extracts the surface it shows
 }
 
 
@@ -76,7 +76,7 @@ def test_the_layering_check_sees_a_wrong_import():
 
 def test_the_package_root_is_a_handful_of_modules_none_very_long():
     root = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert root == ["__init__", "checkpoint", "config", "diffusion", "mesh", "pipeline", "samples", "viz"]
+    assert root == ["__init__", "checkpoint", "config", "diffusion", "mesh", "pipeline", "samples"]
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 420}
     assert not long, f"modules over ~400 lines: {long}"

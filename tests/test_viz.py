@@ -222,7 +222,7 @@ def test_save_html_is_atomic_and_standalone(tmp_path, monkeypatch):
         calls.append(path)
         return atomic_write_bytes(path, data)
 
-    monkeypatch.setattr(viz, "atomic_write_bytes", spy)
+    monkeypatch.setattr(viz.figures, "atomic_write_bytes", spy)
     fig = viz.points_figure(np.zeros((5, 3)))
     path = viz.save_html(fig, tmp_path / "sub" / "points.html")
     assert calls == [path]  # written through the temp-file-and-rename helper

@@ -1,4 +1,4 @@
-"""Plotly viewers: meshes, coloured points, occupancy, slices and image grids.
+"""Plotly figures: meshes, coloured points, occupancy, slices and image grids.
 
 Every function returns a plain ``plotly.graph_objects.Figure``, so the same figure shows in
 JupyterLab, Colab and VS Code and can be saved as standalone HTML (``save_html``). Anything that
@@ -22,7 +22,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data.io import atomic_write_bytes
+from ..data.io import atomic_write_bytes
+from .images import _composite, _png_source
 
 INSIDE_COLOR = "rgb(31,119,180)"  # plotly blue: occupied queries / cells
 EYE = dict(x=0.9, y=0.6, z=1.2)  # front-right, a little above (y is up); |eye| sets the zoom
@@ -90,8 +91,19 @@ def _layout_3d(fig: go.Figure, title, lim) -> go.Figure:
 # traces (composable: object_figure puts several in one figure)
 
 
-def mesh_trace(vertices, faces, vertex_colors=None, face_colors=None, name="mesh") -> go.Mesh3d:
-    """(V, 3) vertices + (F, 3) int faces -> a flat-shaded ``go.Mesh3d`` (grey without colours)."""
+# Lighting for marching-cubes meshes: smooth (per-vertex) normals, a light near the camera and a
+# strong ambient term, so the surface reads as a lit object and not as facets. The two epsilons are
+# 0 because plotly's defaults drop the normals of the tiny slivers marching cubes makes, which then
+# show as white streaks (and flat shading shows every facet of the grid as a mottled surface).
+MESH_LIGHTING = dict(ambient=0.5, diffuse=0.7, specular=0.12, roughness=0.6, fresnel=0.05,
+                     vertexnormalsepsilon=0.0, facenormalsepsilon=0.0)
+MESH_LIGHT_POSITION = dict(x=600, y=1400, z=1200)  # above and in front, on the camera's side (EYE)
+
+
+def mesh_trace(vertices, faces, vertex_colors=None, face_colors=None, name="mesh",
+               flatshading: bool = False) -> go.Mesh3d:
+    """(V, 3) vertices + (F, 3) int faces -> a smooth-shaded ``go.Mesh3d`` (grey without colours).
+    ``flatshading=True`` shows the facets (useful for low-poly meshes, not for marching cubes)."""
     v = _as_points(vertices, "vertices")
     f = np.asarray(faces)
     if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
@@ -108,9 +120,17 @@ def mesh_trace(vertices, faces, vertex_colors=None, face_colors=None, name="mesh
     else:
         color["color"] = "lightgray"
     return go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=f[:, 0], j=f[:, 1], k=f[:, 2],
-                     flatshading=True, name=name, hoverinfo="skip", **color,
-                     lighting=dict(ambient=0.55, diffuse=0.6, specular=0.05, roughness=0.9, fresnel=0.0),
-                     lightposition=dict(x=1000, y=2000, z=3000))
+                     flatshading=flatshading, name=name, hoverinfo="skip", **color,
+                     lighting=MESH_LIGHTING, lightposition=MESH_LIGHT_POSITION)
+
+
+def trimesh_trace(mesh, name="mesh") -> go.Mesh3d:
+    """A trimesh (vertex colours when it has them, else grey) as ``mesh_trace``; an empty mesh
+    or ``None`` (no surface) gives an empty trace."""
+    if mesh is None or len(mesh.faces) == 0:
+        return go.Mesh3d(x=[0], y=[0], z=[0], i=[], j=[], k=[], hoverinfo="skip", name=name)
+    vc = np.asarray(mesh.visual.vertex_colors)[:, :3] if mesh.visual.kind == "vertex" else None
+    return mesh_trace(mesh.vertices, mesh.faces, vertex_colors=vc, name=name)
 
 
 def points_trace(points, colors=None, max_points=20000, size=2, seed=0, name="points",
@@ -143,16 +163,42 @@ def occupancy_traces(occ_points, occ_labels, max_points=20000, n_outside=0, size
 
 
 def mesh_figure(vertices, faces, vertex_colors=None, face_colors=None, title=None,
-                lim: float | None = 1.0) -> go.Figure:
-    """A triangle mesh as ``go.Mesh3d``; colours per vertex or per face (rgb floats or uint8)."""
-    return _layout_3d(go.Figure(mesh_trace(vertices, faces, vertex_colors, face_colors)), title, lim)
+                lim: float | None = 1.0, flatshading: bool = False) -> go.Figure:
+    """A triangle mesh as ``go.Mesh3d``; colours per vertex or per face (rgb floats or uint8).
+    Smooth shading suits marching-cubes meshes; ``flatshading=True`` suits modelled (CAD-like) ones."""
+    trace = mesh_trace(vertices, faces, vertex_colors, face_colors, flatshading=flatshading)
+    return _layout_3d(go.Figure(trace), title, lim)
+
+
+def colored_mesh_trace(cmesh, name="mesh") -> go.Mesh3d:
+    """A ``data.surface.ColoredMesh`` (a toy object or an imported asset) with each face coloured at
+    its centroid, flat-shaded: these meshes have few, large faces whose shared vertices would
+    smear smooth shading across edges."""
+    faces = np.arange(len(cmesh.mesh.faces))
+    rgb = cmesh.colors_at(faces, np.full((len(faces), 3), 1 / 3))
+    return mesh_trace(cmesh.mesh.vertices, cmesh.mesh.faces, face_colors=rgb, name=name, flatshading=True)
 
 
 def colored_mesh_figure(cmesh, title=None, lim: float | None = 1.0) -> go.Figure:
-    """A ``data.surface.ColoredMesh`` with each face coloured at its centroid."""
-    faces = np.arange(len(cmesh.mesh.faces))
-    rgb = cmesh.colors_at(faces, np.full((len(faces), 3), 1 / 3))
-    return mesh_figure(cmesh.mesh.vertices, cmesh.mesh.faces, face_colors=rgb, title=title, lim=lim)
+    """A ``data.surface.ColoredMesh`` as ``colored_mesh_trace``."""
+    return _layout_3d(go.Figure(colored_mesh_trace(cmesh)), title, lim)
+
+
+def compare_meshes(meshes: list, titles: list, title=None, lim: float = 1.0) -> go.Figure:
+    """Meshes side by side, one scene each, all seen from the same camera: trimeshes (e.g.
+    generated ones, smooth-shaded with their vertex colours) or ``ColoredMesh`` objects (e.g. the
+    true object, flat-shaded); ``None`` shows an empty scene."""
+    if len(meshes) != len(titles) or not meshes:
+        raise ValueError(f"got {len(meshes)} meshes and {len(titles)} titles")
+    fig = make_subplots(rows=1, cols=len(meshes), specs=[[{"type": "scene"}] * len(meshes)],
+                        subplot_titles=titles, horizontal_spacing=0.01)
+    for k, m in enumerate(meshes):
+        trace = colored_mesh_trace(m) if hasattr(m, "colors_at") else trimesh_trace(m)
+        fig.add_trace(trace, row=1, col=k + 1)
+    fig.update_scenes(**_scene(lim))
+    fig.update_layout(title=title, height=400, width=330 * len(meshes), showlegend=False,
+                      margin=dict(l=0, r=0, t=60 if title else 30, b=0))
+    return fig
 
 
 def points_figure(points, colors=None, max_points=20000, size=2, seed=0, title=None,
@@ -276,15 +322,9 @@ def mesh_steps_figure(meshes, names, title=None, lim: float | None = 1.0) -> go.
     if len(meshes) != len(names) or not meshes:
         raise ValueError(f"got {len(meshes)} meshes and {len(names)} names")
 
-    def trace(m):
-        if m is None or len(m.faces) == 0:
-            return go.Mesh3d(x=[0], y=[0], z=[0], i=[], j=[], k=[], hoverinfo="skip")
-        vc = np.asarray(m.visual.vertex_colors)[:, :3] if m.visual.kind == "vertex" else None
-        return mesh_trace(m.vertices, m.faces, vertex_colors=vc)
-
     start = len(meshes) - 1
-    fig = go.Figure(data=[trace(meshes[start])],
-                    frames=[go.Frame(data=[trace(m)], name=n) for m, n in zip(meshes, names)])
+    fig = go.Figure(data=[trimesh_trace(meshes[start])],
+                    frames=[go.Frame(data=[trimesh_trace(m)], name=n) for m, n in zip(meshes, names)])
     anim = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
     steps = [dict(method="animate", label=n, args=[[n], anim]) for n in names]
     play = dict(type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top", showactive=False,
@@ -295,77 +335,6 @@ def mesh_steps_figure(meshes, names, title=None, lim: float | None = 1.0) -> go.
     fig.update_layout(updatemenus=[play], height=540,
                       sliders=[dict(active=start, steps=steps, x=0.12, len=0.88, y=0.0, yanchor="top",
                                     currentvalue=dict(prefix=""), pad=dict(t=10))])
-    return fig
-
-
-# ------------------------------------------------------------------------------------------
-# images
-
-
-def _composite(rgba, background) -> np.ndarray:
-    """RGB(A) uint8 (or float in [0, 1]) -> RGB uint8 with alpha blended over ``background``."""
-    img = np.asarray(rgba)
-    img = np.round(img * 255).clip(0, 255) if np.issubdtype(img.dtype, np.floating) else img
-    img = img.astype(np.float64)
-    if img.shape[-1] == 3:
-        return img.astype(np.uint8)
-    a = img[..., 3:] / 255.0
-    out = img[..., :3] * a + np.asarray(background, np.float64)[:3] * (1 - a)
-    return np.round(out).astype(np.uint8)
-
-
-def _png_source(rgb: np.ndarray) -> str:
-    """An RGB uint8 array as a PNG data URI: ~10x smaller in a saved page than a pixel array."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _as_image_list(images) -> list:
-    if isinstance(images, np.ndarray):
-        if images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (3, 4)):
-            return list(images)  # a batch of RGB(A) images or of depth maps
-        return [images]
-    return [np.asarray(im) for im in images]
-
-
-def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px=200) -> go.Figure:
-    """A grid of images: RGB(A) arrays (H, W, 3|4) are composited over ``background`` and drawn
-    with ``go.Image``; 2-D arrays are depth maps, drawn as heatmaps on one shared colour scale
-    with 0 (background) left transparent."""
-    ims = _as_image_list(images)
-    for k, im in enumerate(ims):
-        if not (im.ndim == 2 or (im.ndim == 3 and im.shape[-1] in (3, 4))):
-            raise ValueError(f"image {k} must be (H, W), (H, W, 3) or (H, W, 4), got {im.shape}")
-    if titles is not None and len(titles) != len(ims):
-        raise ValueError(f"got {len(titles)} titles for {len(ims)} images")
-    cols = max(1, min(cols, len(ims)))
-    rows = -(-len(ims) // cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.06 if titles else 0.01)
-    depth = np.concatenate([im[im > 0].ravel() for im in ims if im.ndim == 2] + [np.zeros(0)])
-    for k, im in enumerate(ims):
-        row, col = k // cols + 1, k % cols + 1
-        if im.ndim == 3:
-            fig.add_trace(go.Image(source=_png_source(_composite(im, background)), hoverinfo="skip"),
-                          row=row, col=col)
-        else:
-            z = np.where(im > 0, im, np.nan).astype(np.float32)
-            fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis",
-                                     hovertemplate="depth %{z:.3f}<extra></extra>"), row=row, col=col)
-            fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", row=row, col=col)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    if depth.size:  # one colour scale for all depth maps, so views compare
-        fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=float(depth.min()),
-                                         cmax=float(depth.max()), colorbar=dict(title="depth", thickness=12)))
-    fig.update_layout(width=panel_px * cols + 80, height=(panel_px + (30 if titles else 5)) * rows + 20,
-                      margin=dict(l=5, r=5, t=30 if titles else 5, b=5), plot_bgcolor="rgba(0,0,0,0)")
     return fig
 
 
