@@ -233,3 +233,22 @@ def test_save_html_is_atomic_and_standalone(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["points.html"]  # no temp file left
     cdn = viz.save_html(fig, tmp_path / "cdn.html", include_plotlyjs="cdn").read_text()
     assert 'src="https://cdn.plot.ly' in cdn and len(cdn) < 100_000
+
+
+def test_compare_meshes_puts_each_mesh_in_its_own_scene_with_the_right_shading(toy):
+    import trimesh
+
+    obj, _ = toy
+    ball = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    ball.visual.vertex_colors = np.tile([10, 200, 30, 255], (len(ball.vertices), 1)).astype(np.uint8)
+    fig = viz.compare_meshes([ball, obj.colored_mesh(), None], ["generated", "truth", "nothing"])
+    generated, truth, empty = fig.data
+    assert generated.flatshading is False and len(generated.i) == len(ball.faces)
+    assert set(generated.vertexcolor) == {"rgb(10,200,30)"}
+    assert truth.flatshading is True and len(truth.facecolor) == len(obj.colored_mesh().mesh.faces)
+    assert len(empty.i) == 0
+    assert [generated.scene, truth.scene, empty.scene] == ["scene", "scene2", "scene3"]
+    for scene in (fig.layout.scene, fig.layout.scene2, fig.layout.scene3):
+        _scene_is_y_up_cube(scene)
+    with pytest.raises(ValueError, match="titles"):
+        viz.compare_meshes([ball], ["a", "b"])
