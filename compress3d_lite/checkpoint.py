@@ -13,8 +13,15 @@ A checkpoint is a folder:
     trainer/            optimiser, scheduler, RNG and data-order state for an exact resume
                         (training checkpoints only; accelerate's save_state)
 
-Folders are written under a temporary name and renamed into place, so a crash never leaves a
-half-written checkpoint where a loader would find it.
+Folders are written under a temporary name, flushed to disk (fsync) and renamed into place, so a
+crash never leaves a half-written checkpoint where a loader would find it. Replacing a checkpoint
+takes two renames (the old one aside, the new one in); a crash between them is repaired by
+``recover`` (the old one comes back), which every writer and reader of a checkpoint calls first.
+
+A config.json is not trusted: before any weight is allocated the model is built on PyTorch's
+``meta`` device (no memory) and its parameter shapes are compared with the shapes recorded in the
+safetensors header, so a config that does not match its weights, or asks for a model far larger
+than the file holds, is refused with the first differences named.
 """
 
 from __future__ import annotations
@@ -34,6 +41,24 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or of the wrong kind; message names the path."""
 
 
+def _fsync(path) -> None:
+    """Flush a file, or a folder's entries, to the disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _usual_mode(path, folder: bool = False) -> None:
+    """0644 files / 0755 folders under the usual umask (temporary files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
 def _tensors(state_dict: dict, half: bool) -> dict:
     return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
             for k, v in state_dict.items()}
@@ -49,10 +74,32 @@ def write_files(folder, state_dict: dict, config: dict, extra_weights: dict | No
     for name, state in files.items():
         tmp = folder / f".{name}.tmp"
         save_file(_tensors(state, half), str(tmp))
+        _usual_mode(tmp)
+        _fsync(tmp)
         os.replace(tmp, folder / name)
     tmp = folder / ".config.json.tmp"
     tmp.write_text(json.dumps({"format": FORMAT, **config}, indent=1) + "\n")
+    _usual_mode(tmp)
+    _fsync(tmp)
     os.replace(tmp, folder / "config.json")
+    _fsync(folder)
+
+
+def recover(path) -> Path:
+    """Repair what an interrupted ``write_checkpoint`` of ``path`` can leave behind: between its two
+    renames the previous checkpoint sits at ``.<name>.old`` and ``path`` is missing -- it is put
+    back; temporary ``.<name>.*`` folders of writes that never finished are removed. Returns path."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*"):
+            if stale.is_dir() and stale != old:
+                shutil.rmtree(stale, ignore_errors=True)
+        if old.exists() and path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def write_checkpoint(path, state_dict: dict, config: dict, extra_dirs: dict | None = None,
@@ -62,19 +109,23 @@ def write_checkpoint(path, state_dict: dict, config: dict, extra_dirs: dict | No
     accelerate's ``save_state``); ``extra_weights`` as in ``write_files``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         write_files(tmp, state_dict, config, extra_weights, half)
         for name, fill in (extra_dirs or {}).items():
             (tmp / name).mkdir()
             fill(tmp / name)
-        os.chmod(tmp, 0o755)
+            for f in (tmp / name).rglob("*"):
+                if f.is_file():
+                    _fsync(f)
+        _usual_mode(tmp, folder=True)
+        _fsync(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
             os.replace(path, old)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # a crash between the two renames: recover() puts `old` back
+        _fsync(path.parent)
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
@@ -112,6 +163,8 @@ def resolve_folder(spec, revision: str | None = None, cache_dir=None, local_file
 
 def read_config(path) -> dict:
     path = Path(path)
+    if not path.exists():
+        recover(path)  # a crash between the two renames of write_checkpoint
     cfg_file = path / "config.json"
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -139,18 +192,53 @@ def read_weights(path, name: str = "model.safetensors") -> dict:
         raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
 
 
+def weight_shapes(path, name: str = "model.safetensors") -> dict:
+    """{tensor name: shape} from the safetensors header alone (nothing is loaded)."""
+    from safetensors import safe_open
+
+    file = Path(path) / name
+    if not file.exists():
+        raise CheckpointError(f"{file}: missing")
+    if file.read_bytes()[:64].startswith(b"version https://git-lfs"):
+        raise CheckpointError(f"{file}: a Git LFS pointer, not the weights; fetch the real file")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
+
+
+def shape_differences(expected: dict, found: dict, limit: int = 3) -> list:
+    """Readable differences between two {name: shape} maps (at most ``limit``, then a count)."""
+    out = [f"{k}: config says {list(expected[k])}, weights have {list(found[k])}"
+           for k in expected if k in found and tuple(expected[k]) != tuple(found[k])]
+    out += [f"{k} missing from the weights" for k in expected if k not in found]
+    out += [f"{k} in the weights but not in the model" for k in found if k not in expected]
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
 def load_module(path, cfg, build, what: str, weights: str = "model.safetensors"):
     """``build(cfg)`` with the weights of the checkpoint at ``path`` (the file ``weights``) loaded
-    into it (fp16 files are widened to fp32). A config that does not build, or weights that do not
-    fit, is a CheckpointError naming the folder."""
+    into it (fp16 files are widened to fp32). The model is first built on the ``meta`` device (no
+    memory) and checked against the shapes in the weights' header, so a config that does not fit
+    its weights -- however large it says the model is -- is a CheckpointError naming the folder and
+    the first differences, raised before anything is allocated."""
+    import torch
+
     try:
-        model = build(cfg)
+        with torch.device("meta"):
+            skeleton = build(cfg)
     except (KeyError, TypeError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: bad {what} config ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    diffs = shape_differences(expected, weight_shapes(path, weights))
+    if diffs:
+        raise CheckpointError(f"{path}: the weights do not fit the model its config.json describes: " + "; ".join(diffs))
+    model = build(cfg)
     weights = read_weights(path, weights)
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the model in config.json ({first})") from None
+        detail = "; ".join(x.strip() for x in str(e).strip().splitlines()[1:4]) or str(e).strip()
+        raise CheckpointError(f"{path}: weights do not fit the model in config.json ({detail})") from None
     return model

@@ -156,6 +156,55 @@ def choose_preset(presets: dict, name: str, what: str):
     return copy.deepcopy(presets[name])
 
 
+SIZE_SLACK = 4  # a checkpoint's sizes may reach 4x the largest preset of its family
+
+
+def _numbers(value) -> list:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int):  # sizes; float weights and rates are not sizes
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def preset_bounds(model_configs) -> dict:
+    """{field: (low, high, longest)} over a preset family's model configs (dicts or Configs): every
+    integer of a field, and of a list field every element, may lie from 0 (or 1 when no preset uses
+    0) up to ``SIZE_SLACK`` times the family's largest; a list may be one longer than the longest."""
+    bounds = {}
+    for cfg in model_configs:
+        d = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+        for k, v in d.items():
+            nums = _numbers(v)
+            if not nums:
+                continue
+            lo, hi, longest = bounds.get(k, (1, 0, 0))
+            bounds[k] = (min(lo, 0 if min(nums) <= 0 else 1), max(hi, max(nums)),
+                         max(longest, len(v) if isinstance(v, (list, tuple)) else 0))
+    return {k: (lo, SIZE_SLACK * hi if hi > 0 else 1, longest) for k, (lo, hi, longest) in bounds.items()}
+
+
+def check_sizes(model_cfg: dict, bounds: dict, where) -> None:
+    """Refuse (ConfigError naming ``where``, the field, its value and the bounds) a model config
+    with a size outside its preset family's ``bounds`` (``preset_bounds``): checked before anything
+    is built, so an untrusted config.json cannot make us allocate an absurd model."""
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{where}: no model config")
+    for k, v in model_cfg.items():
+        if k not in bounds:
+            continue
+        lo, hi, longest = bounds[k]
+        nums = _numbers(v)
+        if isinstance(v, (list, tuple)) and len(v) > longest + 1:
+            raise ConfigError(f"{where}: model.{k} has {len(v)} entries; this model family has at most {longest}")
+        bad = [x for x in nums if not lo <= x <= hi]
+        if bad:
+            raise ConfigError(f"{where}: model.{k} = {v} is outside the bounds of this model family "
+                              f"({lo}..{hi:g}); the config does not describe a model we would build")
+
+
 # ----------------------------------------------------------------------------------------
 # data configs (the per-object sampling spec is saved next to every dataset in index.json)
 

@@ -4,7 +4,7 @@ Each command only parses; the stage modules (``compress3d_lite/stages/``) do the
 from __future__ import annotations
 
 from ..config import PRESET_NAMES
-from .common import CLIError, group
+from .common import CLIError, check_seed, group
 
 
 def _require(args, *names):
@@ -15,7 +15,17 @@ def _require(args, *names):
 
 
 def _train_overrides(args) -> dict:
-    """TrainConfig fields given on the command line."""
+    """TrainConfig fields given on the command line, checked before anything runs."""
+    for name in ("steps", "batch_size", "n_train"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_seed(args.seed)
+    if getattr(args, "num_workers", None) is not None and args.num_workers < 0:
+        raise CLIError(f"--num-workers must be >= 0, got {args.num_workers}")
+    ema = getattr(args, "ema_decay", None)
+    if ema is not None and not 0 <= ema < 1:
+        raise CLIError(f"--ema-decay must be in [0, 1), got {ema}")
     return {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed),
                               ("n_train", getattr(args, "n_train", None)),
                               ("num_workers", getattr(args, "num_workers", None)),
@@ -47,7 +57,7 @@ def cmd_train_ae(args):
     _require(args, "out")
     from ..stages.vae import train_vae
 
-    train_vae(args.preset, args.out, data=args.data, resume=args.resume, overrides=overrides,
+    train_vae(args.preset, args.out, data=args.data, resume=args.resume, overwrite=args.overwrite, overrides=overrides,
               train_overrides=_train_overrides(args), half=args.half)
     return 0
 
@@ -58,7 +68,7 @@ def cmd_train_embed(args):
     _require(args, "out")
     from ..stages.embed import train_embed
 
-    train_embed(args.preset, args.out, data=args.data, resume=args.resume, image_tower=args.image_tower,
+    train_embed(args.preset, args.out, data=args.data, resume=args.resume, overwrite=args.overwrite, image_tower=args.image_tower,
                 train_overrides=_train_overrides(args), half=args.half)
     return 0
 
@@ -69,7 +79,7 @@ def cmd_train_prior(args):
     _require(args, "out", "embed")
     from ..stages.prior import train_prior
 
-    train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume,
+    train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume, overwrite=args.overwrite,
                 train_overrides=_train_overrides(args), half=args.half)
     return 0
 
@@ -81,7 +91,7 @@ def cmd_train_diffusion(args):
     _require(args, "out", "vae", "embed")
     from ..stages.unet import train_unet
 
-    train_unet(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume,
+    train_unet(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume, overwrite=args.overwrite,
                overrides=overrides, train_overrides=_train_overrides(args), half=args.half)
     return 0
 
@@ -91,6 +101,8 @@ def _common(q, what: str) -> None:
                    help="lite, course, colab_t4 or a100_full (default %(default)s)")
     q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
     q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
+    q.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds a run (its checkpoint, log and generated data are deleted)")
     q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     q.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size (per process)")
     q.add_argument("--seed", type=int, default=None, help="override the preset's seed (data order, init)")

@@ -24,14 +24,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
-from ..config import Config, ConfigError, choose_preset
+from ..config import Config, ConfigError, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import ObjectDataset, drawn_view
 from ..data.images import load_image
 from ..data.surface import ColoredMesh
 from ..models.contrastive import FrozenTowerAligner, ShapeImageAligner
 from ..models.image_tower import IMAGE_TOWERS, ImageTower, ImageTowerConfig, fingerprint
 from ..models.shape_tower import ShapeTower, ShapeTowerConfig
-from ..training.loop import TrainConfig, cached_tensors, data_config, fit, make_accelerator, prepare_data, resume_point
+from ..training.loop import (
+    TrainConfig,
+    cached_tensors,
+    claim_run_folder,
+    data_config,
+    fit,
+    make_accelerator,
+    prepare_data,
+    resume_point,
+)
 from ..training.measure import Setup, random_points, random_unit, step_flops
 
 BIG_TOWER = 1e9  # in a dry run, image towers above this many parameters stay on the meta device
@@ -74,6 +83,9 @@ PRESETS = {
                              TrainConfig(steps=100_000, batch_size=256, lr=5e-4, n_points=10_000, n_train=0,
                                          mixed_precision="bf16", num_workers=8, ckpt_every=5000, log_every=100)),
 }
+
+
+SIZE_BOUNDS = preset_bounds(p.shape_tower for p in PRESETS.values())  # what a shape tower's config.json may ask
 
 
 def embed_preset(name: str, image_tower: str | None = None, train: dict | None = None) -> EmbedPreset:
@@ -120,7 +132,7 @@ def embed_step(model, batch):
 
 def train_embed(preset: str, out, data: str | None = None, resume: bool = False, image_tower: str | None = None,
                 train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Align a shape tower to an image tower with InfoNCE (OpenShape's recipe).
 
     A pretrained tower (``colab_t4``, ``a100_full``) is frozen: it embeds every view once (cached
@@ -128,7 +140,7 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     ``lite`` and ``course`` train a small open_clip ViT from scratch jointly with the shape tower
     on toy renders (offline). Writes ``out/shape_tower`` and, for a tower trained here,
     ``out/image_tower``; each records the identity of the image tower (docs/design.md §6)."""
-    out = Path(out)
+    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
     p = embed_preset(preset, image_tower, train_overrides)
     tower_cfg, shape_cfg, tcfg, frozen = p.tower, p.shape_tower, p.train, p.frozen
     model_cfg = {"image_tower": tower_cfg.to_dict(), "frozen": frozen, "shape_tower": shape_cfg.to_dict()}
@@ -211,6 +223,7 @@ def load_shape_tower(path, image_tower=None, device="cpu"):
     """(ShapeTower, config) from a checkpoint folder; with ``image_tower`` given, refuses one
     trained against another tower. ``config["fingerprint"]`` identifies its weights."""
     cfg = read_config(path)
+    check_sizes(cfg.get("model"), SIZE_BOUNDS, Path(path) / "config.json")  # before building
     if cfg.get("kind") == ShapeTower.kind and image_tower is not None:  # before building: the cheaper refusal
         check_tower(path, cfg.get("image_tower"), image_tower)
     model = ShapeTower.load(path, device)

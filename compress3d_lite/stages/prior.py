@@ -17,11 +17,19 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import read_config, resolve_folder, write_checkpoint
-from ..config import Config, choose_preset
+from ..config import Config, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
 from ..models.prior import DiffusionPrior, PriorConfig
-from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator, resume_point
+from ..training.loop import (
+    Objective,
+    TrainConfig,
+    cached_tensors,
+    claim_run_folder,
+    fit,
+    make_accelerator,
+    resume_point,
+)
 from ..training.measure import Setup, random_unit
 from .embed import check_tower, embed_folder, load_towers
 
@@ -54,6 +62,9 @@ PRESETS = {
                              TrainConfig(steps=300_000, batch_size=1024, lr=1e-4, mixed_precision="bf16",
                                          ema_decay=0.9999, ckpt_every=10_000, log_every=100)),
 }
+
+
+SIZE_BOUNDS = preset_bounds(p.model for p in PRESETS.values())  # what a loaded config.json may ask for
 
 
 def prior_preset(name: str, model: dict | None = None, train: dict | None = None) -> PriorPreset:
@@ -94,11 +105,11 @@ def build_prior(p: PriorPreset, meta: bool = False) -> tuple:
 
 def train_prior(preset: str, out, embed: str, data: str | None = None, resume: bool = False,
                 train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train the prior e_i -> e_s on embeddings of a data set made by the towers in ``embed`` (a
     ``train embed`` output folder); the embeddings are computed once and cached in
     ``out/embeddings.safetensors``. Writes ``out/prior``."""
-    out = Path(out)
+    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
     p = prior_preset(preset, train=train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
@@ -146,6 +157,7 @@ def load_prior(path, image_tower=None, device="cpu", use_ema: bool = True):
     them); with ``image_tower`` given, refuses a prior trained in another tower's space."""
     folder = resolve_folder(path)
     cfg = read_config(folder)
+    check_sizes(cfg.get("model"), SIZE_BOUNDS, Path(folder) / "config.json")  # before building
     if cfg.get("kind") == KIND and image_tower is not None:  # before building: the cheaper refusal
         check_tower(path, cfg.get("image_tower"), image_tower)
     model = DiffusionPrior.load(folder, device, use_ema=use_ema)

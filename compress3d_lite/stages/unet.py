@@ -18,13 +18,22 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import resolve_folder, write_checkpoint
-from ..config import Config, choose_preset
+from ..checkpoint import read_config, resolve_folder, write_checkpoint
+from ..config import Config, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
 from ..models.image_tower import fingerprint
 from ..models.triplane_unet import TriplaneUNet, UNetConfig
-from ..training.loop import Objective, TrainConfig, TrainingError, cached_tensors, fit, make_accelerator, resume_point
+from ..training.loop import (
+    Objective,
+    TrainConfig,
+    TrainingError,
+    cached_tensors,
+    claim_run_folder,
+    fit,
+    make_accelerator,
+    resume_point,
+)
 from ..training.measure import Setup, random_unit, without_checkpointing
 from .embed import embed_folder, embed_preset, load_towers
 from .vae import encode_latents, latent_stats, load_vae, vae_preset
@@ -67,6 +76,9 @@ PRESETS = {
 }
 
 
+SIZE_BOUNDS = preset_bounds(p.model for p in PRESETS.values())  # what a loaded config.json may ask for
+
+
 def unet_preset(name: str, model: dict | None = None, train: dict | None = None) -> UNetPreset:
     """A copy of the named preset with validated changes to its UNetConfig / TrainConfig."""
     return choose_preset(PRESETS, name, "diffusion").override(model=model or {}, train=train or {})
@@ -104,12 +116,12 @@ def build_unet(p: UNetPreset, meta: bool = False) -> tuple:
 
 def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
                train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-               stop_after: int | None = None, overrides: dict | None = None) -> dict:
+               stop_after: int | None = None, overwrite: bool = False, overrides: dict | None = None) -> dict:
     """Train the triplane UNet on the normalised VAE latents of a data set, conditioned on the
     towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``.
     ``overrides`` / ``train_overrides``: UNetConfig / TrainConfig fields."""
-    out = Path(out)
+    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
     p = unet_preset(preset, overrides, train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
@@ -164,7 +176,9 @@ def load_unet(path, device="cpu", use_ema: bool = True):
     """(TriplaneUNet in eval mode, config dict) from a checkpoint folder or Hub repo id (its EMA
     weights when it has them); the model carries its ``diffusion_cfg`` (schedule, parametrisation,
     sampler)."""
-    model = TriplaneUNet.load(resolve_folder(path), device, use_ema=use_ema)
+    folder = resolve_folder(path)
+    check_sizes(read_config(folder).get("model"), SIZE_BOUNDS, folder / "config.json")  # before building
+    model = TriplaneUNet.load(folder, device, use_ema=use_ema)
     return model, model.checkpoint_info
 
 

@@ -20,15 +20,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoint import CheckpointError, resolve_folder, write_checkpoint
-from ..config import Config, SampleSpec, choose_preset
+from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
+from ..config import Config, SampleSpec, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import ObjectDataset
-from ..data.io import load_object
+from ..data.io import load_object, prepare_output_file
 from ..data.mesh_import import import_mesh
-from ..mesh import MESH_FORMATS, MeshingError, extract_mesh, save_mesh
+from ..mesh import MAX_MESH_RES, MESH_FORMATS, MeshingError, extract_mesh, save_mesh
 from ..models.autoencoder import AEConfig, TriplaneVAE
 from ..samples import shipped_checkpoint
-from ..training.loop import TrainConfig, data_config, fit, make_accelerator, prepare_data, resume_point
+from ..training.loop import (
+    TrainConfig,
+    claim_run_folder,
+    data_config,
+    fit,
+    make_accelerator,
+    prepare_data,
+    resume_point,
+)
 from ..training.measure import Setup, random_points, without_checkpointing
 
 KIND = TriplaneVAE.kind
@@ -69,6 +77,9 @@ PRESETS = {
         TrainConfig(steps=500_000, batch_size=8, lr=1e-4, n_points=10_000, n_occ=16_384, n_train=0,
                     mixed_precision="bf16", num_workers=8, ckpt_every=5000, log_every=100)),
 }
+
+
+SIZE_BOUNDS = preset_bounds(p.model for p in PRESETS.values())  # what a loaded config.json may ask for
 
 
 def vae_preset(name: str, model: dict | None = None, train: dict | None = None) -> VAEPreset:
@@ -115,12 +126,12 @@ def latent_statistics(mu: torch.Tensor) -> dict:
 
 def train_vae(preset: str, out, data: str | None = None, resume: bool = False, overrides: dict | None = None,
               train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, overwrite: bool = False) -> dict:
     """Train (or resume) a triplane VAE; writes ``out/model``. Returns the last log record.
 
     ``overrides`` / ``train_overrides``: AEConfig / TrainConfig fields. ``stop_after``: stop at that
     step with a training checkpoint, as an interrupted run would (``--resume`` continues exactly)."""
-    out = Path(out)
+    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
     p = vae_preset(preset, overrides, train_overrides)
     mcfg, tcfg = p.model, p.train
     start = 0
@@ -154,7 +165,9 @@ def train_vae(preset: str, out, data: str | None = None, resume: bool = False, o
 def load_vae(path, device="cpu", preset: str | None = None):
     """(TriplaneVAE in eval mode, config dict) from a checkpoint folder or Hub repo id. ``preset``
     (optional) must match the checkpoint's preset; any mismatch is a CheckpointError naming it."""
-    model = TriplaneVAE.load(resolve_folder(path), device)
+    folder = resolve_folder(path)
+    check_sizes(read_config(folder).get("model"), SIZE_BOUNDS, folder / "config.json")  # before building
+    model = TriplaneVAE.load(folder, device)
     cfg = model.checkpoint_info
     if preset is not None and cfg.get("preset") != preset:
         raise CheckpointError(f"{path}: made with preset {cfg.get('preset')!r}, not {preset!r}")
@@ -221,19 +234,19 @@ def reconstruct_points(model, points, colors, res: int = 128, timings: dict | No
 
 
 def reconstruct(input_path, output, ckpt=None, res: int = 128, seed: int = 0, preset: str | None = None,
-                log=print):
+                log=print, overwrite: bool = False):
     """``compress3d-lite reconstruct``: checks first, then read -> encode -> decode -> mesh -> the
     input's original frame and scale (the inverse of its stored ``transform``) -> write
-    .glb/.ply/.obj atomically. Returns (mesh in the original frame, timings in seconds)."""
+    .glb/.ply/.obj atomically. An existing output is refused unless ``overwrite``. Returns (mesh in
+    the original frame, timings in seconds)."""
     ckpt = ckpt or shipped_checkpoint(DEFAULT_VAE)
     output = Path(output)
     if output.suffix.lower() not in MESH_FORMATS:
         raise ReconstructError(f"{output}: unsupported output format '{output.suffix}' "
                                f"(supported: {', '.join(MESH_FORMATS)})")
-    if output.is_dir():
-        raise ReconstructError(f"{output}: is a directory, not an output file")
-    if res < 8:
-        raise ReconstructError(f"--res must be >= 8, got {res}")
+    if not 8 <= res <= MAX_MESH_RES:
+        raise ReconstructError(f"--res must be in 8..{MAX_MESH_RES}, got {res}")
+    prepare_output_file(output, overwrite)  # OutputError before any work: exists, a folder, not writable
     timings = {}
     t = time.perf_counter()
     model, cfg = load_vae(ckpt, preset=preset)
