@@ -28,6 +28,7 @@ them (a coarse stride of 4 instead of 2 missed airplane wings). ``adaptive=False
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +228,36 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
         raise MeshingError(f"{path}: unsupported output format '{path.suffix}' (supported: {', '.join(MESH_FORMATS)})")
     atomic_write_bytes(path, mesh_bytes(mesh, path.suffix))
     return path
+
+
+MAX_MESH_RES = 1024  # marching-cubes grids above this are refused whatever the memory
+MESH_BYTES_PER_CELL = 48  # what meshing needs per grid cell, with room to spare (field, padding, skimage)
+
+
+def mesh_names(images) -> list:
+    """The output stem of each image: its file stem, with _1, _2, ... where stems repeat (fixed
+    before any image is read, so a failed image never shifts the others' names)."""
+    used, names = set(), []
+    for path in images:
+        stem = Path(path).stem if isinstance(path, (str, Path)) else "image"
+        name, n = stem, 1
+        while name in used:
+            name, n = f"{stem}_{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def remove_earlier_run(out: Path, report: Path) -> None:
+    """Delete the meshes an earlier ``generate`` listed in ``report`` (its generate.json), then the
+    report itself: with ``overwrite`` the folder holds this run's results only."""
+    if report.exists():
+        try:
+            earlier = json.loads(report.read_text()).get("images", [])
+        except (OSError, ValueError):
+            earlier = []
+        for item in earlier:
+            mesh = Path((item or {}).get("mesh", ""))
+            if mesh.name and (out / mesh.name).is_file():
+                (out / mesh.name).unlink()
+        report.unlink()

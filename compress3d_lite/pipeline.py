@@ -42,9 +42,17 @@ import torch
 from .checkpoint import CheckpointError, resolve_folder
 from .config import pick_device
 from .data.images import ImageError, load_image
-from .data.io import atomic_write_bytes
+from .data.io import OutputError, atomic_write_bytes, output_lock, prepare_output_folder
 from .diffusion import make_scheduler, sample
-from .mesh import MeshingError, extract_mesh, save_mesh
+from .mesh import (
+    MAX_MESH_RES,
+    MESH_BYTES_PER_CELL,
+    MeshingError,
+    extract_mesh,
+    mesh_names,
+    remove_earlier_run,
+    save_mesh,
+)
 from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
 from .stages.embed import check_tower, embed_images, load_towers
@@ -295,10 +303,31 @@ class Compress3DPipeline:
         return Compress3DPipelineOutput(meshes, latents, e_i, e_s, timings, errors)
 
     # ------------------------------------------------------------------ files in, files out
+    def check_settings(self, num_inference_steps: int, mesh_resolution: int, image_guidance_scale=None,
+                       shape_guidance_scale=None) -> None:
+        """Refuse (ValueError naming the option) settings that cannot work, before any computation:
+        more steps than the schedule has, a grid that does not fit in memory, non-finite guidance."""
+        import math
+
+        import psutil
+
+        t_max = self.unet.diffusion_cfg.train_timesteps
+        if not 1 <= num_inference_steps <= t_max:
+            raise ValueError(f"--steps must be in 1..{t_max} (the steps of the noise schedule), got {num_inference_steps}")
+        need = MESH_BYTES_PER_CELL * mesh_resolution ** 3
+        free = psutil.virtual_memory().available
+        if not 8 <= mesh_resolution <= MAX_MESH_RES or need > free:
+            fits = max(8, min(MAX_MESH_RES, int((free / MESH_BYTES_PER_CELL) ** (1 / 3))))
+            raise ValueError(f"--res must be in 8..{fits} on this machine (a {mesh_resolution}^3 grid needs about "
+                             f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
+        for name, g in (("--guidance-image", image_guidance_scale), ("--guidance-shape", shape_guidance_scale)):
+            if g is not None and not math.isfinite(g):
+                raise ValueError(f"{name} must be a finite number, got {g}")
+
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int = 25, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
-                       log=print) -> dict:
+                       log=print, overwrite: bool = False) -> dict:
         """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, a number
         added when two stems clash) and ``out_dir/generate.json``: the settings -- the guidance
         scales actually used, with where they came from -- and per image its mesh, sizes and
@@ -306,8 +335,36 @@ class Compress3DPipeline:
         the list uses seed ``seed + i`` whatever the batch size. A bad image (``ImageError``) or an
         empty field (``MeshingError``) is reported with ``log(..., file=sys.stderr)`` and skipped;
         the others are still done. Nothing is written when every image failed. ``about``: entries
-        put first in the report. Returns the report; ``report["n_failed"]`` counts failures."""
-        out = Path(out_dir)
+        put first in the report. Returns the report; ``report["n_failed"]`` counts failures.
+
+        Before any computation: the settings are checked (``check_settings``), the folder must be
+        writable, and a folder that holds an earlier run's results (its ``generate.json``, or a
+        mesh this run would write) is refused unless ``overwrite``, which first removes the earlier
+        run's meshes so that the folder and ``generate.json`` agree. One run writes into a folder
+        at a time (``data.io.output_lock``)."""
+        out = prepare_output_folder(out_dir)
+        self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale)
+        names = mesh_names(images)
+        created = not out.exists()
+        prepare_output_folder(out, create=True)
+        with output_lock(out, "generate"):
+            earlier = out / "generate.json"
+            clashes = [p for p in [earlier] + [out / f"{n}.{format}" for n in names] if p.exists()]
+            if clashes and not overwrite:
+                more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+                raise OutputError(f"{clashes[0]}: exists{more}, from an earlier run; pass --overwrite to replace "
+                                  "that run's results, or choose another output folder")
+            if overwrite:
+                remove_earlier_run(out, earlier)
+            report = self._generate_files(images, out, names, format, num_inference_steps, seed, use_prior,
+                                          mesh_resolution, image_guidance_scale, shape_guidance_scale, batch_size,
+                                          about, log)
+        if created and not any(out.iterdir()):  # every image failed: leave no empty folder behind
+            out.rmdir()
+        return report
+
+    def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,
+                        image_guidance_scale, shape_guidance_scale, batch_size, about, log) -> dict:
         gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
         source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
                   "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
@@ -327,7 +384,6 @@ class Compress3DPipeline:
                 loaded.append((i, path, load_image(path)))
             except ImageError as e:
                 fail(i, path, str(e))
-        used = set()
         for k in range(0, len(loaded), batch_size):
             chunk = loaded[k:k + batch_size]
             result = self([img for _, _, img in chunk], num_inference_steps, gi, gs, seed=None, use_prior=use_prior,
@@ -338,13 +394,7 @@ class Compress3DPipeline:
                 if mesh is None:
                     fail(i, path, error)
                     continue
-                stem = Path(path).stem
-                name, n = stem, 1
-                while name in used:
-                    name, n = f"{stem}_{n}", n + 1
-                used.add(name)
-                out.mkdir(parents=True, exist_ok=True)
-                mesh_path = save_mesh(mesh, out / f"{name}.{format}")
+                mesh_path = save_mesh(mesh, out / f"{names[i]}.{format}")
                 report["images"][i] = {"image": str(path), "mesh": str(mesh_path), "n_vertices": len(mesh.vertices),
                                        "n_faces": len(mesh.faces), "timings": per_image, "batch": len(chunk)}
                 log(f"{path} -> {mesh_path} ({len(mesh.faces)} faces; batch of {len(chunk)}, "

@@ -57,22 +57,47 @@ def is_user_error(e: BaseException) -> bool:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..data.images import ImageError
-    from ..data.io import DataFormatError
+    from ..data.io import DataFormatError, OutputError
     from ..data.mesh_import import MeshImportError
     from ..models.image_tower import PretrainedWeightsUnavailable
     from ..training.loop import TrainingError
 
-    return isinstance(e, (CheckpointError, ConfigError, ImageError, DataFormatError, MeshImportError,
+    return isinstance(e, (CheckpointError, ConfigError, ImageError, DataFormatError, MeshImportError, OutputError,
                           PretrainedWeightsUnavailable, TrainingError))
+
+
+def os_error_line(e: OSError) -> str:
+    """An error of the machine (a full disk, a folder we may not write, a file that vanished) as
+    one line naming the file: not our bug, and not worth a traceback."""
+    where = e.filename if e.filename is not None else ""
+    return f"{where}: {e.strerror or e}" if where else f"{type(e).__name__}: {e.strerror or e}"
+
+
+def one_line_warnings() -> None:
+    """Library warnings (Pillow's decompression-bomb warning, a mesh outlier dropped on import)
+    print as one line, ``warning: <message>``, instead of Python's two lines with a source line."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    one_line_warnings()
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; use smaller sizes (--res, --batch-size, --points)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not e.filename:  # samples.SamplesNotFound carries its own message
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as e:
         if not is_user_error(e):
             raise

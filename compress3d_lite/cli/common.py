@@ -10,6 +10,16 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+SEED_RANGE = (0, 2 ** 64 - 1)  # what torch.Generator.manual_seed and numpy's generators take
+
+
+def check_seed(seed, n: int = 1, option: str = "--seed") -> None:
+    """Seeds seed .. seed + n - 1 must all be valid generator seeds."""
+    if seed is not None and not (SEED_RANGE[0] <= seed and seed + n - 1 <= SEED_RANGE[1]):
+        raise CLIError(f"{option} must be in 0..2**64-1" + (f" (and {option} + {n - 1} too, one seed per image)"
+                                                           if n > 1 else "") + f", got {seed}")
+
+
 def print_help_of(parser):
     """The command of a bare group (``compress3d-lite``, ``compress3d-lite train``): its help, exit 0."""
     def show(args):
@@ -42,6 +52,10 @@ def spec_from_args(args):
                       n_uniform=args.occ // 2, n_near=args.occ - args.occ // 2)
     if spec.views < 0 or spec.resolution < 8 or spec.n_points < 1 or args.occ < 2:
         raise CLIError("--views must be >= 0, --res >= 8, --points >= 1 and --occ >= 2")
+    if spec.views > 64 or spec.resolution > 2048 or spec.n_points > 10 ** 7 or args.occ > 10 ** 8:
+        raise CLIError("--views must be <= 64, --res <= 2048, --points <= 10^7 and --occ <= 10^8 (one object's "
+                       "sampling must fit in memory)")
+    check_seed(args.seed)
     return spec
 
 

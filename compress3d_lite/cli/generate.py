@@ -6,21 +6,48 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, CLIError
+from .common import EXIT_BAD_INPUT, CLIError, check_seed
+
+
+def check_device(device) -> None:
+    """--device names a device this machine has (a CUDA index within its count), before loading."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except RuntimeError as e:
+        raise CLIError(f"--device {device}: not a device name ({e})") from None
+    if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise CLIError(f"--device {device}: this machine has {have} CUDA device(s); use cpu or omit --device")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device}: MPS is not available here; use cpu or omit --device")
 
 
 def cmd_generate(args):
     """One coloured mesh per image; a bad image is reported and skipped, the rest still done."""
+    import math
+
+    from ..data.io import prepare_output_folder
     from ..pipeline import Compress3DPipeline
 
     if args.steps < 1 or args.res < 8 or args.batch_size < 1:
         raise CLIError("--steps must be >= 1, --res >= 8 and --batch-size >= 1")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"{out}: exists and is not a folder")
+    check_seed(args.seed, len(args.images))
+    for name, g in (("--guidance-image", args.guidance_image), ("--guidance-shape", args.guidance_shape)):
+        if g is not None and not math.isfinite(g):
+            raise CLIError(f"{name} must be a finite number, got {g}")
+    check_device(args.device)
+    out = prepare_output_folder(args.output)  # before loading anything: a bad -o fails at once
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
     load_seconds = time.perf_counter() - t0
+    try:
+        pipe.check_settings(args.steps, args.res, args.guidance_image, args.guidance_shape)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     gi, gs = pipe.guidance(args.guidance_image, args.guidance_shape)
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
@@ -29,7 +56,7 @@ def cmd_generate(args):
     report = pipe.generate_files(args.images, out, format=args.format, num_inference_steps=args.steps, seed=args.seed,
                                  use_prior=not args.no_prior, mesh_resolution=args.res,
                                  image_guidance_scale=args.guidance_image, shape_guidance_scale=args.guidance_shape,
-                                 batch_size=args.batch_size,
+                                 batch_size=args.batch_size, overwrite=args.overwrite,
                                  about={"pipeline": str(args.pipeline), "load_seconds": load_seconds})
     return EXIT_BAD_INPUT if report["n_failed"] else 0
 
@@ -38,8 +65,10 @@ def cmd_reconstruct(args):
     from ..mesh import MeshingError
     from ..stages.vae import ReconstructError, reconstruct
 
+    check_seed(args.seed)
     try:
-        reconstruct(args.input, args.output, ckpt=args.ckpt, res=args.res, seed=args.seed, preset=args.preset)
+        reconstruct(args.input, args.output, ckpt=args.ckpt, res=args.res, seed=args.seed, preset=args.preset,
+                    overwrite=args.overwrite)
     except (ReconstructError, MeshingError) as e:
         raise CLIError(str(e)) from None
     return 0
@@ -57,6 +86,9 @@ def cmd_demo(args):
     from .data import object_figures
 
     out = Path(args.out)
+    check_seed(args.seed, args.n)
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
     spec = SampleSpec(views=4, resolution=128)
     print(f"compress3d_lite demo (ray caster: {ray_backend()}): toy objects -> {out / 'toyshapes'}")
     entries = write_toyshapes(args.n, out / "toyshapes", spec, seed=args.seed, workers=1)
@@ -93,6 +125,8 @@ def add_parsers(sub) -> None:
     g.add_argument("--pipeline", default="course",
                    help="preset name, pipeline folder or Hub repo id of one (default: the shipped course checkpoints)")
     g.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in the output folder (default: refuse)")
     g.set_defaults(func=cmd_generate)
 
     rc = sub.add_parser("reconstruct", help="a mesh or object through the VAE and back to a mesh")
@@ -102,6 +136,7 @@ def add_parsers(sub) -> None:
     rc.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
     rc.add_argument("--seed", type=int, default=0, help="seed of the surface sampling (default %(default)s)")
     rc.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
+    rc.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (default: refuse)")
     rc.set_defaults(func=cmd_reconstruct)
 
     d = sub.add_parser("demo", help="an offline HTML page of a few toy objects and one imported mesh (no model)")

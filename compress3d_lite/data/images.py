@@ -24,10 +24,17 @@ background (e.g. with ``rembg``, not a dependency).
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_FILE_BYTES = 256 * 2 ** 20  # no image we read is larger on disk
+
+
+class ImageWarning(UserWarning):
+    """An image we can read but that deserves a word (e.g. over Pillow's decompression limit)."""
 
 
 class ImageError(ValueError):
@@ -80,6 +87,12 @@ def load_image(src, background: float = 1.0, max_side: int = 1024) -> Image.Imag
                 raise ImageError(f"{name}: no such file")
             if path.is_dir():
                 raise ImageError(f"{name}: is a folder, not an image")
+            if not path.is_file():  # a device such as /dev/zero, a pipe, a socket: reading may never end
+                raise ImageError(f"{name}: not a regular file")
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{name}: {size / 2 ** 20:.0f} MiB, larger than any image we read "
+                                 f"({MAX_FILE_BYTES / 2 ** 20:.0f} MiB)")
             data = path.read_bytes()
         elif isinstance(src, (bytes, bytearray)):
             data = bytes(src)
@@ -88,7 +101,17 @@ def load_image(src, background: float = 1.0, max_side: int = 1024) -> Image.Imag
         if not data:
             raise ImageError(f"{name}: empty file")
         try:
-            img = Image.open(io.BytesIO(data))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                try:
+                    img = Image.open(io.BytesIO(data))
+                except Image.DecompressionBombWarning:  # over Pillow's limit, under twice it: read, say so once
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                        img = Image.open(io.BytesIO(data))
+                    warnings.warn(f"{name}: {img.width} x {img.height} pixels, more than Pillow's safety limit of "
+                                  f"{Image.MAX_IMAGE_PIXELS:,}; decoded anyway and scaled down to {max_side} px",
+                                  ImageWarning, stacklevel=2)
             img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale (no-op otherwise)
             img.load()
         except Image.DecompressionBombError as e:

@@ -45,6 +45,85 @@ class DataFormatError(ValueError):
     """A file that is not a valid compress3d_lite object."""
 
 
+class OutputError(ValueError):
+    """An output that cannot be written, or that would replace earlier results without
+    ``overwrite``; the message names the path and what to do (docs/design.md §6.2)."""
+
+
+def prepare_output_folder(folder, create: bool = False) -> Path:
+    """Check, before any long computation, that files can be written in ``folder``: no regular
+    file on its path, and its nearest existing ancestor writable (a file is created there and
+    removed at once). ``create``: make the folder now; otherwise a failed run leaves no trace."""
+    folder = Path(folder)
+    blocker = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(f"{folder}: {'exists and is not a folder' if blocker == folder else f'{blocker} is a file, not a folder'}")
+    base = next(p for p in [folder, *folder.parents] if p.exists())
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot write in {base} ({e.strerror or e})") from None
+    return folder
+
+
+def prepare_output_file(path, overwrite: bool = False) -> Path:
+    """An output file: not a folder, not an existing file unless ``overwrite``, in a writable folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, not an output file")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
+    prepare_output_folder(path.parent)
+    return path
+
+
+class output_lock:
+    """``with output_lock(folder, "generate"):`` -- one writer per output folder. A second one is an
+    OutputError naming the process that holds the folder; a lock left by a killed process (its
+    pid is gone) is taken over."""
+
+    def __init__(self, folder, name: str):
+        self.path = Path(folder) / f".{name}.lock"
+        self.name = name
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise OutputError(f"{self.path.parent}: another {self.name} (pid {pid}) is writing here; wait "
+                                      "for it or choose another output folder") from None
+                self.path.unlink(missing_ok=True)  # left by a process that no longer runs
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise OutputError(f"{self.path}: could not take the lock")
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
@@ -53,6 +132,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on the disk before the rename makes it visible
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -108,9 +189,16 @@ def validate_object(arrays: dict, name: str = "object") -> None:
         raise DataFormatError(f"{name}: views need all of {VIEW_KEYS}, got {present}")
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def load_object(path) -> dict:
     """Read one object ``.npz`` into a dict of arrays (0-d string arrays become ``str``)."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size and _head(path, 2) != b"PK":
+        raise DataFormatError(f"{path}: not a readable .npz (a .npz is a zip file; this one has no zip header)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -133,7 +221,7 @@ def write_index(out_dir, entries: list, **info) -> Path:
     return path
 
 
-def read_index(data_dir) -> dict:
+def read_index(data_dir, allow_unfinished: bool = False) -> dict:
     path = Path(data_dir) / "index.json"
     if not path.exists():
         raise DataFormatError(f"{path}: missing; is {data_dir} a compress3d_lite dataset folder?")
@@ -143,4 +231,48 @@ def read_index(data_dir) -> dict:
         raise DataFormatError(f"{path}: not valid JSON ({e})") from None
     if doc.get("format") != FORMAT:
         raise DataFormatError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    if doc.get("complete") is False and not allow_unfinished:
+        raise DataFormatError(f"{path}: an unfinished data set (the command that writes it was interrupted); "
+                              "run the same command again to finish it")
     return doc
+
+
+def _plain(value):
+    """A value as it reads back from JSON (tuples become lists), so settings compare as stored."""
+    return json.loads(json.dumps(value))
+
+
+def open_dataset(out_dir, generator: str, settings: dict, **info) -> dict:
+    """Claim ``out_dir`` for objects made by ``generator`` with ``settings`` (e.g. seed and sampling
+    spec), the data set's manifest, kept in its ``index.json`` (docs/design.md §6.2):
+
+    * a new or empty folder starts a data set, marked unfinished until ``close_dataset``;
+    * a folder made by the same generator with the same settings is continued -- a rerun after an
+      interruption, or more objects added -- and its entries are returned ({file: entry});
+    * a folder made with other settings or by another command, or holding files but no index.json,
+      is refused (OutputError naming each difference): a data set never mixes two recipes.
+
+    While unfinished, ``read_index`` refuses the folder, so training never reads half a data set."""
+    out = prepare_output_folder(out_dir, create=True)
+    want = {"generator": generator, **_plain(settings)}
+    if (out / "index.json").exists():
+        doc = read_index(out, allow_unfinished=True)
+        diffs = [f"{k} {doc.get(k)!r}, now {v!r}" for k, v in want.items() if doc.get(k) != v]
+        if diffs:
+            raise OutputError(f"{out}: a data set made with other settings ({'; '.join(diffs)}); one folder holds one "
+                              "data set: choose another --out, or delete this one first")
+        entries = {e["file"]: e for e in doc.get("objects", [])}
+    else:
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if others:
+            raise OutputError(f"{out}: holds {len(others)} file(s) ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}) but no index.json; choose an empty or new --out")
+        entries = {}
+    write_index(out, sorted(entries.values(), key=lambda e: e["file"]), complete=False, **want, **info)
+    return entries
+
+
+def close_dataset(out_dir, entries: dict, generator: str, settings: dict, **info) -> Path:
+    """Write the finished ``index.json``: every entry (``{file: entry}``, earlier runs' included)."""
+    return write_index(out_dir, sorted(entries.values(), key=lambda e: e["file"]), complete=True,
+                       generator=generator, **_plain(settings), **info)

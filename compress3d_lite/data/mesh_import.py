@@ -33,6 +33,7 @@ Every problem with an input file raises ``MeshImportError`` with a one-line mess
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ from .surface import ColoredMesh, ConstantColor, CornerColors, TextureColor
 SUPPORTED = (".glb", ".gltf", ".obj", ".ply")
 LINEAR_COLOR_FORMATS = (".glb", ".gltf")  # formats whose factors / vertex colours are linear
 DEFAULT_RGB = (0.7, 0.7, 0.7)  # parts with no colour information at all
+
+
+class MeshImportWarning(UserWarning):
+    """A mesh we can import after a repair (vertices dropped); the message names the file."""
 
 
 class MeshImportError(ValueError):
@@ -169,7 +174,7 @@ def _load_scene(path: Path) -> trimesh.Scene:
     return scene
 
 
-def scene_parts(scene: trimesh.Scene, linear: bool) -> list:
+def scene_parts(scene: trimesh.Scene, linear: bool, source_name: str | None = None) -> list:
     """Every (node, triangle geometry) of ``scene`` in world coordinates, unreferenced
     vertices dropped: a list of (name, vertices (V, 3), faces (F, 3), colour source).
 
@@ -177,6 +182,7 @@ def scene_parts(scene: trimesh.Scene, linear: bool) -> list:
     deterministic (trimesh appends random suffixes to some glTF node names, so parts are named
     after their geometry, with "#k" for the k-th extra instance)."""
     parts, images, seen = [], {}, {}
+    unused = [0]  # vertices no face uses, over every geometry
     nodes_of = scene.graph.geometry_nodes
     for geom_name, geom in scene.geometry.items():
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
@@ -188,11 +194,53 @@ def scene_parts(scene: trimesh.Scene, linear: bool) -> list:
                 faces = faces[:, ::-1]
             source = color_source(geom, faces, linear, images)
             used, faces = np.unique(faces, return_inverse=True)  # drop unreferenced vertices
+            unused[0] += len(geom.vertices) - len(used)
             vertices = trimesh.transformations.transform_points(np.asarray(geom.vertices)[used], matrix)
             k = seen[geom_name] = seen.get(geom_name, 0) + 1
             parts.append((geom_name if k == 1 else f"{geom_name}#{k}", vertices,
                           faces.reshape(-1, 3), source))
+    if unused[0]:
+        warnings.warn(f"{source_name or 'mesh'}: dropped {unused[0]} vertices that no face uses",
+                      MeshImportWarning, stacklevel=2)
     return parts
+
+
+def _select_faces(source, keep: np.ndarray):
+    """A colour source restricted to the faces where ``keep`` (per-face data follows the faces)."""
+    if isinstance(source, CornerColors):
+        return CornerColors(source.corners[keep])
+    if isinstance(source, TextureColor):
+        return TextureColor(source.corner_uv[keep], source.image, source.factor)
+    return source  # a constant colour
+
+
+OUTLIER_FACTOR = 20.0  # a vertex farther from the median than 20x the 99th-percentile distance is stray
+
+
+def drop_far_vertices(parts: list, path) -> list:
+    """Parts without the faces that use a vertex far from all the others (a stray vertex from an
+    export bug would otherwise set the bounding box: the object shrinks to a dot and imports as
+    empty). Robust: distances to the median vertex against their 99th percentile. Warns with the
+    counts; raises MeshImportError when nothing would be left."""
+    everything = np.concatenate([v for _, v, _, _ in parts])
+    d = np.linalg.norm(everything - np.median(everything, axis=0), axis=1)
+    radius = np.quantile(d, 0.99)
+    if not radius > 0 or d.max() <= OUTLIER_FACTOR * radius:
+        return parts
+    out, n_far, n_faces = [], 0, 0
+    for name, v, f, src in parts:
+        far = np.linalg.norm(v - np.median(everything, axis=0), axis=1) > OUTLIER_FACTOR * radius
+        keep = ~far[f].any(axis=1)
+        n_far, n_faces = n_far + int(far.sum()), n_faces + int((~keep).sum())
+        if keep.any():
+            used, faces = np.unique(f[keep], return_inverse=True)
+            out.append((name, v[used], faces.reshape(-1, 3), _select_faces(src, keep)))
+    if not out:
+        raise MeshImportError(f"{path}: every face uses a stray vertex; nothing is left to import")
+    warnings.warn(f"{path}: removed {n_far} vertices far from the rest (over {OUTLIER_FACTOR:g}x the typical "
+                  f"distance from the centre, up to {d.max():.3g} vs {radius:.3g}) and the {n_faces} faces that used "
+                  "them", MeshImportWarning, stacklevel=2)
+    return out
 
 
 def normalize_transform(vertices: np.ndarray) -> np.ndarray:
@@ -217,7 +265,7 @@ def load_colored_mesh(path) -> tuple:
     ext = path.suffix.lower()
     scene = _load_scene(path)
     try:
-        parts = scene_parts(scene, linear=ext in LINEAR_COLOR_FORMATS)
+        parts = scene_parts(scene, linear=ext in LINEAR_COLOR_FORMATS, source_name=str(path))
     except Exception as e:  # a malformed visual / material trimesh accepted but we cannot read
         raise MeshImportError(f"{path}: unreadable geometry or material ({_one_line(e)})") from e
     if not parts:
@@ -227,6 +275,8 @@ def load_colored_mesh(path) -> tuple:
     bad = ~np.isfinite(all_vertices).all(axis=1)
     if bad.any():
         raise MeshImportError(f"{path}: {bad.sum()} of {len(bad)} vertices have NaN or inf coordinates")
+    parts = drop_far_vertices(parts, path)
+    all_vertices = np.concatenate([v for _, v, _, _ in parts])
     extent = np.max(all_vertices.max(axis=0) - all_vertices.min(axis=0))
     if not extent > 1e-12 * max(1.0, np.abs(all_vertices).max()):
         raise MeshImportError(f"{path}: degenerate mesh (all vertices coincide, zero extent)")
@@ -285,11 +335,18 @@ def expand_paths(paths) -> tuple:
     return files, failures
 
 
-def output_names(files: list) -> list:
+def output_names(files: list, earlier: dict | None = None) -> list:
     """One unique ``.npz`` name per input: ``<stem>.npz``, then ``<stem>_<ext>.npz``, then
-    ``<stem>_<ext>_<k>.npz`` for later inputs sharing a stem (cow.obj, cow.glb -> cow, cow_glb)."""
-    names, taken = [], set()
+    ``<stem>_<ext>_<k>.npz`` for later inputs sharing a stem (cow.obj, cow.glb -> cow, cow_glb).
+    ``earlier``: the folder's entries from earlier imports ({file: entry}); a file imported again
+    keeps its name (and is replaced), another file never takes a name already in use."""
+    earlier = earlier or {}
+    again = {e.get("path"): name for name, e in earlier.items()}
+    names, taken = [], {name[:-4] for name in earlier}
     for f in map(Path, files):
+        if str(f) in again:
+            names.append(again[str(f)])
+            continue
         with_ext = f"{f.stem}_{f.suffix.lstrip('.').lower()}"
         name, k = (f.stem if f.stem not in taken else with_ext), 2
         while name in taken:
@@ -304,23 +361,28 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
 
     Returns ``(entries, failures)``: the index.json entries of the objects written, and a
     ``(path, one-line message)`` per input that could not be imported. A failure never leaves a
-    partial file (``io.save_object`` is atomic); ``index.json`` is written only when at least
-    one object succeeded. Every object uses the same ``seed``, so a file's arrays do not depend
+    partial file (``io.save_object`` is atomic). The folder's manifest (``io.open_dataset``): a
+    later import with the same settings adds to it (``index.json`` lists every object), other
+    settings are refused. Every object uses the same ``seed``, so a file's arrays do not depend
     on which other files are imported with it.
     """
     from tqdm.auto import tqdm
 
-    from .io import save_object, write_index
+    from .io import close_dataset, open_dataset, save_object
     from .render import ray_backend
 
     out_dir = Path(out_dir)
     files, failures = expand_paths(paths)
+    if not files:
+        return [], failures
+    settings, info = {"seed": seed, "spec": spec.to_dict()}, {"ray_backend": ray_backend(),
+                                                               "occupancy": occupancy_method()}
+    earlier = open_dataset(out_dir, "import", settings, **info)
     entries = []
-    for path, name in tqdm(list(zip(files, output_names(files))), desc="import", unit="file",
+    for path, name in tqdm(list(zip(files, output_names(files, earlier))), desc="import", unit="file",
                            disable=not progress):
         try:
             example, cmesh = _import(path, spec, seed)
-            out_dir.mkdir(parents=True, exist_ok=True)
             save_object(out_dir / name, example)
         except MeshImportError as e:
             failures.append((str(path), str(e)))
@@ -331,7 +393,10 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
         entries.append({"file": name, "source": path.name, "path": str(path),
                         "n_faces": int(len(cmesh.mesh.faces)), "n_parts": len(cmesh.part_names),
                         "inside_fraction": round(float(example["occ_labels"].mean()), 4)})
-    if entries:
-        write_index(out_dir, entries, generator="import", spec=spec.to_dict(), seed=seed,
-                    ray_backend=ray_backend(), occupancy=occupancy_method())
+    if not entries and not earlier:  # every file failed: leave no data set behind
+        (out_dir / "index.json").unlink(missing_ok=True)
+        if not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        return entries, failures
+    close_dataset(out_dir, {**earlier, **{e["file"]: e for e in entries}}, "import", settings, **info)
     return entries, failures

@@ -384,18 +384,22 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
                     png: bool = False, progress: bool = True, start: int = 0) -> list:
     """Generate objects ``start .. start+n-1`` of the toy set with ``seed`` into ``out_dir``
     (one ``NNNNNN.npz`` each, plus ``index.json``; ``png`` also writes the views as PNG files).
-    Output bytes do not depend on ``workers``."""
+    Output bytes do not depend on ``workers``. The folder's manifest (``io.open_dataset``): a
+    rerun with the same seed and spec continues it (an interrupted run is finished, more objects
+    are added), other settings are refused; ``index.json`` lists every object of the folder."""
     import os
     from pathlib import Path
 
     from tqdm.auto import tqdm
 
-    from .io import write_index
+    from .io import close_dataset, open_dataset
     from .render import ray_backend
 
     spec = spec or SampleSpec()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"seed": seed, "spec": spec.to_dict()}
+    info = {"categories": list(CATEGORIES), "ray_backend": ray_backend()}
+    done = open_dataset(out_dir, "toyshapes", settings, **info)
     if png:
         (out_dir / "images").mkdir(exist_ok=True)
     jobs = [(seed, i, spec.to_dict(), str(out_dir), png) for i in range(start, start + n)]
@@ -408,6 +412,5 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
 
         with mp.get_context("spawn").Pool(workers) as pool:
             entries = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
-    write_index(out_dir, entries, generator="toyshapes", seed=seed, spec=spec.to_dict(),
-                categories=list(CATEGORIES), ray_backend=ray_backend())
+    close_dataset(out_dir, {**done, **{e["file"]: e for e in entries}}, "toyshapes", settings, **info)
     return entries
