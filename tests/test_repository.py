@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+COURSE = sorted((ROOT / "notebooks").glob("*.ipynb"))  # the numbered course
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))  # worked solutions of its exercises
+NOTEBOOKS = COURSE + SOLUTIONS
 SECTION = r"§[0-9]+(?:\.[0-9]+)*(?:-[0-9]+(?:\.[0-9]+)*)?"
 CITATION = re.compile(rf"docs/(paper|design)\.md ({SECTION}(?:, {SECTION})*)")
 
@@ -102,7 +104,7 @@ def _setup_cell(nb) -> str:
 
 
 def test_every_notebook_carries_the_same_setup_cell_and_asks_colab_for_a_gpu():
-    assert len(NOTEBOOKS) == 10
+    assert len(COURSE) == 10
     cells = {p.name: _setup_cell(_nb(p)) for p in NOTEBOOKS}
     first = cells[NOTEBOOKS[0].name]
     assert all(cell == first for cell in cells.values()), \
@@ -118,7 +120,7 @@ def test_every_notebook_carries_the_same_setup_cell_and_asks_colab_for_a_gpu():
 def test_colab_badges_open_the_notebook_they_sit_in():
     for p in NOTEBOOKS:
         first = "".join(_nb(p)["cells"][0]["source"])
-        assert re.search(rf"colab\.research\.google\.com/github/[^)]+/blob/main/notebooks/{re.escape(p.name)}\)", first), p.name
+        assert re.search(rf"colab\.research\.google\.com/github/[^)]+/blob/main/{re.escape(str(p.relative_to(ROOT)))}\)", first), p.name
 
 
 def test_the_setup_cell_fails_loudly_when_the_package_is_missing(tmp_path):
@@ -132,6 +134,46 @@ def test_the_setup_cell_fails_loudly_when_the_package_is_missing(tmp_path):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0
     assert "ImportError: compress3d_lite is not installed" in r.stderr and "pip install -e" in r.stderr
+
+
+def _exercises(nb) -> list[str]:
+    """The numbered items of a notebook's '## Exercises' section."""
+    md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    m = re.search(r"^## Exercises\s*$(.*?)(?=^## |\Z)", md, re.M | re.S)
+    return re.split(r"^\d+\. ", m.group(1), flags=re.M)[1:] if m else []
+
+
+def test_every_exercise_says_what_to_expect_and_has_a_worked_solution():
+    """Each exercise states what the learner should see, and notebooks/solutions/ holds a notebook
+    for each course notebook with a '## Exercise k' section per exercise (run by the tests too)."""
+    for p in COURSE:
+        items = _exercises(_nb(p))
+        assert items, f"{p.name} has no exercises"
+        vague = [k + 1 for k, item in enumerate(items) if not re.search(r"You\s+should\s+see", item)]
+        assert not vague, f"{p.name}: exercises {vague} do not say what the learner should see"
+        sol = ROOT / "notebooks" / "solutions" / p.name.replace(".ipynb", "_solutions.ipynb")
+        assert sol.exists(), f"no worked solutions for {p.name} ({sol.relative_to(ROOT)})"
+        md = "\n".join("".join(c["source"]) for c in _nb(sol)["cells"] if c["cell_type"] == "markdown")
+        done = {int(n) for n in re.findall(r"^## Exercise (\d+)", md, re.M)}
+        assert done == set(range(1, len(items) + 1)), f"{sol.name} solves {sorted(done)} of 1..{len(items)}"
+        assert f"]({p.name})" in md or f"](../{p.name})" in md, f"{sol.name} does not link back to {p.name}"
+    assert len(SOLUTIONS) == len(COURSE)
+
+
+def test_the_exercise_check_sees_a_vague_exercise():
+    nb = {"cells": [{"cell_type": "markdown", "source": ["## Exercises\n\n1. Try it. You should see a cube.\n"
+                                                          "2. Try that.\n\n## Next\n"]}]}
+    items = _exercises(nb)
+    assert len(items) == 2 and "You should see" in items[0] and "You should see" not in items[1]
+    assert re.search(r"You\s+should\s+see", "Try it. You\n   should see a cube.")  # wrapped lines count
+
+
+def test_notebook_math_has_single_backslashes():
+    """``\\\\hat`` in a markdown cell renders as a line break and the word "hat", not a symbol."""
+    for p in NOTEBOOKS:
+        bad = [i for i, c in enumerate(_nb(p)["cells"]) if c["cell_type"] == "markdown"
+               and re.search(r"\\\\[a-zA-Z]", "".join(c["source"]))]
+        assert not bad, f"{p.name}: markdown cells {bad} have doubled backslashes in their math"
 
 
 def test_notebooks_are_committed_without_outputs():

@@ -310,7 +310,7 @@ def occupancy_slices(volume_or_fn: np.ndarray | Callable, axis="z", resolution=6
         xaxis=dict(title=h, range=[-lim, lim], constrain="domain"),
         yaxis=dict(title=v, range=[-lim, lim], scaleanchor="x", constrain="domain"),
         updatemenus=[play], margin=dict(l=40, r=20, t=50, b=20),
-        sliders=[dict(active=start, steps=steps, x=0.12, len=0.88, y=-0.02, yanchor="top",
+        sliders=[dict(active=start, steps=steps, x=0.2, len=0.8, y=-0.02, yanchor="top",
                       currentvalue=dict(prefix=""), pad=dict(t=30))])
     return fig
 
@@ -333,7 +333,7 @@ def mesh_steps_figure(meshes, names, title=None, lim: float | None = 1.0) -> go.
                          dict(label="❚❚", method="animate", args=[[None], anim])])
     _layout_3d(fig, title, lim)
     fig.update_layout(updatemenus=[play], height=540,
-                      sliders=[dict(active=start, steps=steps, x=0.12, len=0.88, y=0.0, yanchor="top",
+                      sliders=[dict(active=start, steps=steps, x=0.2, len=0.8, y=0.0, yanchor="top",
                                     currentvalue=dict(prefix=""), pad=dict(t=10))])
     return fig
 
