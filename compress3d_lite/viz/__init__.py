@@ -40,8 +40,9 @@ from .triplanes import (
 )
 
 __all__ = [
-    "EYE", "INSIDE_COLOR", "MESH_LIGHTING", "PLANE_VIEWS", "colored_mesh_figure", "colored_mesh_trace", "compare_meshes", "denoising_figure", "image_grid",
-    "interactive_views", "mesh_figure", "mesh_steps_figure", "mesh_trace", "object_figure", "occupancy_figure",
-    "occupancy_slices", "occupancy_traces", "pca_basis", "pca_rgb", "plane_image", "points_figure", "points_trace",
-    "rgb_strings", "save_html", "triplane_explorer", "triplane_rgb", "trimesh_trace",
+    "EYE", "INSIDE_COLOR", "MESH_LIGHTING", "PLANE_VIEWS", "colored_mesh_figure", "colored_mesh_trace",
+    "compare_meshes", "denoising_figure", "image_grid", "interactive_views", "mesh_figure", "mesh_steps_figure",
+    "mesh_trace", "object_figure", "occupancy_figure", "occupancy_slices", "occupancy_traces", "pca_basis",
+    "pca_rgb", "plane_image", "points_figure", "points_trace", "rgb_strings", "save_html", "triplane_explorer",
+    "triplane_rgb", "trimesh_trace",
 ]

@@ -127,6 +127,27 @@ def _outline(axis: str, value: float) -> go.Scatter3d:
                         line=dict(color=color, width=4), name=f"{axis} slice")
 
 
+ANIMATE = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+
+
+def play_buttons(frame_ms: int) -> dict:
+    """▶ / ❚❚ buttons that play the figure's frames, one every ``frame_ms``, from the current one."""
+    return dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top", showactive=False,
+                pad=dict(t=10),
+                buttons=[dict(label="▶", method="animate",
+                              args=[None, dict(ANIMATE, frame=dict(duration=frame_ms, redraw=True), fromcurrent=True)]),
+                         dict(label="❚❚", method="animate", args=[[None], ANIMATE])])
+
+
+def _bare_axes(fig: go.Figure, zoom: float = 1.0) -> None:
+    """No 2D axes; every scene the [-1, 1]^3 cube, y up, seen from ``EYE`` (scaled by ``zoom``)."""
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    axis = dict(visible=False, range=[-1, 1], autorange=False)
+    fig.update_scenes(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="cube",
+                      camera=dict(up=dict(x=0, y=1, z=0), eye={k: zoom * v for k, v in EYE.items()}))
+
+
 def triplane_explorer(model, latent=None, planes=None, resolution: int = 48, n_slices: int = 13,
                       mesh_resolution: int = 96, mesh=None, title: str | None = None) -> go.Figure:
     """One interactive figure of one decoded triplane: what it stores and what it means.
@@ -185,7 +206,8 @@ def triplane_explorer(model, latent=None, planes=None, resolution: int = 48, n_s
     ranges = [float(np.abs(p[:, c]).max()) or 1.0 for c in range(C)]
     for k in range(3):
         fig.add_trace(go.Heatmap(z=chan[0][k].astype(np.float32), zmin=-ranges[0], zmax=ranges[0],
-                                 colorscale="RdBu_r", showscale=k == 2, colorbar=dict(len=0.2, y=0.63, x=0.575, thickness=10),
+                                 colorscale="RdBu_r", showscale=k == 2,
+                                 colorbar=dict(len=0.2, y=0.63, x=0.575, thickness=10),
                                  hovertemplate="%{z:.3f}<extra></extra>"), row=2, col=k + 1)
     chan_traces = [3, 4, 5]
     # rows 3-4: slices
@@ -209,7 +231,7 @@ def triplane_explorer(model, latent=None, planes=None, resolution: int = 48, n_s
 
     names = [f"{coords[i]:+.2f}" for i in idx]
     fig.frames = [go.Frame(data=slice_traces(j), traces=slice_ids, name=names[j]) for j in range(n_slices)]
-    anim = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    anim = ANIMATE
     slice_slider = dict(active=start, x=0.1, len=0.47, y=-0.02, yanchor="top", pad=dict(t=10),
                         currentvalue=dict(prefix="slice at x = y = z = "),
                         steps=[dict(method="animate", label=n, args=[[n], anim]) for n in names])
@@ -219,18 +241,10 @@ def triplane_explorer(model, latent=None, planes=None, resolution: int = 48, n_s
                                    args=[{"z": [chan[c][k].astype(np.float32) for k in range(3)],
                                           "zmin": [-ranges[c]] * 3, "zmax": [ranges[c]] * 3}, chan_traces])
                               for c in range(C)])
-    play = dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top", showactive=False,
-                pad=dict(t=10),
-                buttons=[dict(label="▶", method="animate",
-                              args=[None, dict(anim, frame=dict(duration=200, redraw=True), fromcurrent=True)]),
-                         dict(label="❚❚", method="animate", args=[[None], anim])])
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
+    play = play_buttons(200)
+    _bare_axes(fig, zoom=1.3)
     for k in range(3):  # heatmaps keep square texels (images do by themselves)
         fig.update_yaxes(scaleanchor=f"x{k + 4}", row=2, col=k + 1)
-    axis = dict(visible=False, range=[-1, 1], autorange=False)
-    fig.update_scenes(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="cube",
-                      camera=dict(up=dict(x=0, y=1, z=0), eye={k: 1.3 * v for k, v in EYE.items()}))
     fig.update_layout(title=title or f"decoded triplane: {C} channels at {p.shape[-1]}², field sliced at {resolution}³",
                       width=1100, height=980, showlegend=False, margin=dict(l=10, r=10, t=70, b=90),
                       sliders=[slice_slider, chan_slider], updatemenus=[play])
@@ -265,17 +279,8 @@ def denoising_figure(x_t: list, x0: list, meshes: list, names: list, title: str 
     for tr, (r, c) in zip(traces(start), [(1, 1), (2, 1), (1, 2)]):
         fig.add_trace(tr, row=r, col=c)
     fig.frames = [go.Frame(data=traces(j), traces=[0, 1, 2], name=n) for j, n in enumerate(names)]
-    anim = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
-    play = dict(type="buttons", direction="left", x=0.0, y=-0.02, xanchor="left", yanchor="top", showactive=False,
-                pad=dict(t=10),
-                buttons=[dict(label="▶", method="animate",
-                              args=[None, dict(anim, frame=dict(duration=400, redraw=True), fromcurrent=True)]),
-                         dict(label="❚❚", method="animate", args=[[None], anim])])
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    axis = dict(visible=False, range=[-1, 1], autorange=False)
-    fig.update_scenes(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="cube",
-                      camera=dict(up=dict(x=0, y=1, z=0), eye=EYE))
+    anim, play = ANIMATE, play_buttons(400)
+    _bare_axes(fig)
     fig.update_layout(title=title, width=1000, height=560, showlegend=False, margin=dict(l=10, r=10, t=60, b=70),
                       updatemenus=[play],
                       sliders=[dict(active=start, x=0.12, len=0.86, y=-0.02, yanchor="top", pad=dict(t=10),
