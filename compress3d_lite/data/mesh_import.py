@@ -377,6 +377,7 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
         return [], failures
     settings, info = {"seed": seed, "spec": spec.to_dict()}, {"ray_backend": ray_backend(),
                                                                "occupancy": occupancy_method()}
+    created = not out_dir.exists()
     earlier = open_dataset(out_dir, "import", settings, **info)
     entries = []
     for path, name in tqdm(list(zip(files, output_names(files, earlier))), desc="import", unit="file",
@@ -395,7 +396,7 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
                         "inside_fraction": round(float(example["occ_labels"].mean()), 4)})
     if not entries and not earlier:  # every file failed: leave no data set behind
         (out_dir / "index.json").unlink(missing_ok=True)
-        if not any(out_dir.iterdir()):
+        if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         return entries, failures
     close_dataset(out_dir, {**earlier, **{e["file"]: e for e in entries}}, "import", settings, **info)
