@@ -104,6 +104,15 @@ class Compress3DPipelineOutput:
         return self.meshes[0]
 
 
+def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
+    """Guidance scales must be finite numbers (None: the checkpoint's default); ValueError otherwise."""
+    import math
+
+    for name, g in (("--guidance-image", image_guidance_scale), ("--guidance-shape", shape_guidance_scale)):
+        if g is not None and not math.isfinite(g):
+            raise ValueError(f"{name} must be a finite number, got {g}")
+
+
 def _generators(generator, seed, n: int) -> list:
     """One torch.Generator per image (or the same one n times): see the module docstring."""
     if generator is not None and seed is not None:
@@ -307,7 +316,6 @@ class Compress3DPipeline:
                        shape_guidance_scale=None) -> None:
         """Refuse (ValueError naming the option) settings that cannot work, before any computation:
         more steps than the schedule has, a grid that does not fit in memory, non-finite guidance."""
-        import math
 
         import psutil
 
@@ -320,9 +328,7 @@ class Compress3DPipeline:
             fits = max(8, min(MAX_MESH_RES, int((free / MESH_BYTES_PER_CELL) ** (1 / 3))))
             raise ValueError(f"--res must be in 8..{fits} on this machine (a {mesh_resolution}^3 grid needs about "
                              f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
-        for name, g in (("--guidance-image", image_guidance_scale), ("--guidance-shape", shape_guidance_scale)):
-            if g is not None and not math.isfinite(g):
-                raise ValueError(f"{name} must be a finite number, got {g}")
+        check_guidance(image_guidance_scale, shape_guidance_scale)
 
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int = 25, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,

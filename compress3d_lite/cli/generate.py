@@ -28,17 +28,16 @@ def check_device(device) -> None:
 
 def cmd_generate(args):
     """One coloured mesh per image; a bad image is reported and skipped, the rest still done."""
-    import math
-
     from ..data.io import prepare_output_folder
-    from ..pipeline import Compress3DPipeline
+    from ..pipeline import Compress3DPipeline, check_guidance
 
     if args.steps < 1 or args.res < 8 or args.batch_size < 1:
         raise CLIError("--steps must be >= 1, --res >= 8 and --batch-size >= 1")
     check_seed(args.seed, len(args.images))
-    for name, g in (("--guidance-image", args.guidance_image), ("--guidance-shape", args.guidance_shape)):
-        if g is not None and not math.isfinite(g):
-            raise CLIError(f"{name} must be a finite number, got {g}")
+    try:
+        check_guidance(args.guidance_image, args.guidance_shape)  # before loading: the pipeline checks again
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     check_device(args.device)
     out = prepare_output_folder(args.output)  # before loading anything: a bad -o fails at once
     t0 = time.perf_counter()
