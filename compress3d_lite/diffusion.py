@@ -44,15 +44,19 @@ def make_scheduler(cfg, sampler: str | None = "ddpm"):
     """A diffusers scheduler for ``cfg`` (a DiffusionConfig): "ddpm" (training and
     ancestral sampling), "ddim" or "dpm" (DPM-Solver++ multistep). No clipping of x_0: our data
     (scaled embeddings, normalised latents) is not confined to [-1, 1]."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDPMScheduler  # each scheduler imported when asked for: DPM-Solver++ pulls in scipy.stats
 
     ddpm = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule,
                          prediction_type=cfg.prediction_type, clip_sample=False)
     if sampler in (None, "ddpm"):
         return ddpm
     if sampler == "ddim":
+        from diffusers import DDIMScheduler
+
         return DDIMScheduler.from_config(ddpm.config)
     if sampler == "dpm":
+        from diffusers import DPMSolverMultistepScheduler
+
         return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++")
     raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
@@ -84,20 +88,32 @@ def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> to
 @torch.no_grad()
 def sample(denoise, shape, cfg, steps: int | None = None, sampler: str | None = None,
            generator: torch.Generator | None = None, device="cpu", x_T: torch.Tensor | None = None,
-           callback=None, scheduler=None, progress: dict | None = None) -> torch.Tensor:
+           callback=None, scheduler=None, progress: dict | None = None, x_start: torch.Tensor | None = None,
+           strength: float = 1.0) -> torch.Tensor:
     """Draw samples of ``shape`` by running the reverse process with ``steps`` model calls.
 
     ``denoise(x_t, t)`` returns the model output under the scheduler's parametrisation, t a (B,)
     long tensor. ``generator`` (a CPU torch.Generator) makes the draw reproducible on any device;
     ``x_T`` gives the initial noise instead. ``scheduler``: one built before by ``make_scheduler``
     (reused across calls). ``progress``: tqdm options of a progress bar over the steps (None: no
-    bar). ``callback(i, t, x_t, x0_pred)`` sees every step (for the notebooks' step sliders)."""
+    bar). ``callback(i, t, x_t, x0_pred)`` sees every step (for the notebooks' step sliders).
+
+    ``x_start`` with ``strength`` < 1 starts partway (SDEdit, Meng et al. 2022): the clean
+    ``x_start`` is noised to the first of the last ``round(strength * steps)`` timesteps by the
+    forward process (with ``x_T`` as the noise) and only those steps are run -- a probe of how
+    much of a sample the model gets right once the coarse structure is given."""
     scheduler = scheduler or make_scheduler(cfg, sampler or cfg.sampler)
     scheduler.set_timesteps(steps or cfg.sample_steps)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator)
     x = x_T.to(device) * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
+    if x_start is not None and strength < 1.0:
+        keep = max(1, round(strength * len(timesteps)))
+        timesteps = timesteps[len(timesteps) - keep:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(len(scheduler.timesteps) - keep)
+        x = scheduler.add_noise(x_start.to(device), x_T.to(device), timesteps[:1])
     if progress is not None and not progress.get("disable"):
         from tqdm.auto import tqdm
 

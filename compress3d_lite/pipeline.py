@@ -11,11 +11,9 @@
 One call, for B images at once:
     1. images -> e_i (B, D)              image tower (open_clip)
     2. e_i -> e_s (B, D)                 diffusion prior (DDIM), skipped with ``use_prior=False``
-    3. noise -> latent triplanes         triplane UNet, DDIM, dual classifier-free guidance with
-                                         ``image_guidance_scale`` and ``shape_guidance_scale``
-                                         (paper best 5.0, 1.0; the default is the UNet checkpoint's
-                                         measured best, 2.0, 2.0 for the shipped course model;
-                                         docs/stages.md "Stage 4"); 3B passes per step in one call
+    3. noise -> latent triplanes         triplane UNet, dual classifier-free guidance (3B passes per
+                                         step in one call); sampler, steps and the two scales default
+                                         to the UNet checkpoint's, chosen on the val split
     4. latents -> meshes                 un-normalise, VAE decoder, marching cubes, vertex colours
 
 Randomness: ``generator`` is a torch.Generator (drawn from for every image in turn) or a list of
@@ -60,7 +58,9 @@ from .stages.prior import load_prior
 from .stages.unet import load_unet
 from .stages.vae import load_vae
 
-PRESETS = {"course": {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course", "unet": "unet_course"}}
+_COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
+PRESETS = {"course": {**_COURSE, "unet": "unet_course"},
+           "course_v1": {**_COURSE, "unet": "unet_course_v1"}}  # the first course UNet, for before / after
 PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
 PIPELINE_FORMAT = "compress3d_lite/pipeline-v1"
 PARTS = ("vae", "embed", "prior", "unet")
@@ -140,8 +140,9 @@ class Compress3DPipeline:
         self.device = "cpu"
         self._progress = {"disable": False}
         # the samplers are built once, here: the first call pays no scheduler construction
+        self.sampler, self.steps = unet.diffusion_cfg.sampler, unet.diffusion_cfg.sample_steps  # the checkpoint's
         self._samplers = {"prior": make_scheduler(prior.diffusion_cfg, prior.diffusion_cfg.sampler),
-                          "unet": make_scheduler(unet.diffusion_cfg, "ddim")}
+                          f"unet {self.sampler}": make_scheduler(unet.diffusion_cfg, self.sampler)}
 
     # ------------------------------------------------------------------ loading and saving
     @classmethod
@@ -245,12 +246,17 @@ class Compress3DPipeline:
         return self.prior.sample(e_i, steps=steps, x_T=x_T, scheduler=self._samplers["prior"])
 
     @torch.no_grad()
-    def sample_latents(self, e_i, e_s, num_inference_steps: int = 25, image_guidance_scale: float | None = None,
+    def sample_latents(self, e_i, e_s, num_inference_steps: int | None = None, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, generators=None, use_prior: bool = True,
-                       callback=None, progress: bool = True) -> torch.Tensor:
-        """Normalised latents (B, 3, c', r', r') for the embeddings, by DDIM with dual guidance
-        (scales default to ``self.default_guidance``)."""
+                       callback=None, progress: bool = True, sampler: str | None = None,
+                       x_start: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """Normalised latents (B, 3, c', r', r') for the embeddings, with dual guidance; scales, sampler
+        ("ddim", "dpm") and steps default to the checkpoint's. ``x_start`` (normalised latents) with
+        ``strength`` < 1: start from them noised partway (``diffusion.sample``)."""
         gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
+        sampler = sampler or self.sampler
+        if f"unet {sampler}" not in self._samplers:
+            self._samplers[f"unet {sampler}"] = make_scheduler(self.unet.diffusion_cfg, sampler)
         cfg = self.unet.cfg
         shape = (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
         generators = generators or _generators(None, 0, e_i.shape[0])
@@ -259,9 +265,9 @@ class Compress3DPipeline:
         def denoise(x, t):
             return self.unet.guided(x, t, e_i, e_s, gi, gs, use_shape=use_prior)
 
-        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, num_inference_steps, "ddim",
-                      generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
-                      scheduler=self._samplers["unet"],
+        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, num_inference_steps or self.steps,
+                      sampler, generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
+                      scheduler=self._samplers[f"unet {sampler}"], x_start=x_start, strength=strength,
                       progress={**self._progress, "disable": self._progress.get("disable") or not progress})
 
     @torch.no_grad()
@@ -281,14 +287,14 @@ class Compress3DPipeline:
         return meshes, errors, latents
 
     @torch.no_grad()
-    def __call__(self, images, num_inference_steps: int = 25, image_guidance_scale: float | None = None,
+    def __call__(self, images, num_inference_steps: int | None = None, image_guidance_scale: float | None = None,
                  shape_guidance_scale: float | None = None, generator=None, seed: int | None = None,
                  use_prior: bool = True, prior_steps: int | None = None, mesh_resolution: int = 128,
-                 callback=None) -> Compress3DPipelineOutput:
+                 callback=None, sampler: str | None = None) -> Compress3DPipelineOutput:
         """Image(s) -> coloured mesh(es): one image or a list of them, processed as one batch.
         ``generator``: a torch.Generator or one per image; ``seed``: short for one generator per
         image seeded seed, seed + 1, ... (default 0). ``callback(i, t, x_t, x0_pred)`` sees every
-        denoising step."""
+        denoising step. Steps, sampler and guidance: the checkpoint's unless given."""
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("no images given")
@@ -303,7 +309,7 @@ class Compress3DPipeline:
             timings["prior"] = time.perf_counter() - t
         t = time.perf_counter()
         z = self.sample_latents(e_i, e_s, num_inference_steps, image_guidance_scale, shape_guidance_scale, gens,
-                                use_prior, callback)
+                                use_prior, callback, sampler=sampler)
         timings["diffusion"] = time.perf_counter() - t
         t = time.perf_counter()
         meshes, errors, latents = self.decode(z, mesh_resolution)
@@ -312,7 +318,7 @@ class Compress3DPipeline:
         return Compress3DPipelineOutput(meshes, latents, e_i, e_s, timings, errors)
 
     # ------------------------------------------------------------------ files in, files out
-    def check_settings(self, num_inference_steps: int, mesh_resolution: int, image_guidance_scale=None,
+    def check_settings(self, num_inference_steps: int | None, mesh_resolution: int, image_guidance_scale=None,
                        shape_guidance_scale=None) -> None:
         """Refuse (ValueError naming the option) settings that cannot work, before any computation:
         more steps than the schedule has, a grid that does not fit in memory, non-finite guidance."""
@@ -320,6 +326,7 @@ class Compress3DPipeline:
         import psutil
 
         t_max = self.unet.diffusion_cfg.train_timesteps
+        num_inference_steps = self.steps if num_inference_steps is None else num_inference_steps
         if not 1 <= num_inference_steps <= t_max:
             raise ValueError(f"--steps must be in 1..{t_max} (the steps of the noise schedule), got {num_inference_steps}")
         need = MESH_BYTES_PER_CELL * mesh_resolution ** 3
@@ -330,10 +337,10 @@ class Compress3DPipeline:
                              f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
         check_guidance(image_guidance_scale, shape_guidance_scale)
 
-    def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int = 25, seed: int = 0,
+    def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
-                       log=print, overwrite: bool = False) -> dict:
+                       log=print, overwrite: bool = False, sampler: str | None = None) -> dict:
         """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, a number
         added when two stems clash) and ``out_dir/generate.json``: the settings -- the guidance
         scales actually used, with where they came from -- and per image its mesh, sizes and
@@ -364,17 +371,18 @@ class Compress3DPipeline:
                 remove_earlier_run(out, earlier)
             report = self._generate_files(images, out, names, format, num_inference_steps, seed, use_prior,
                                           mesh_resolution, image_guidance_scale, shape_guidance_scale, batch_size,
-                                          about, log)
+                                          about, log, sampler or self.sampler)
         if created and not any(out.iterdir()):  # every image failed: leave no empty folder behind
             out.rmdir()
         return report
 
     def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,
-                        image_guidance_scale, shape_guidance_scale, batch_size, about, log) -> dict:
+                        image_guidance_scale, shape_guidance_scale, batch_size, about, log, sampler) -> dict:
         gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
+        num_inference_steps = num_inference_steps or self.steps
         source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
                   "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
-        report = {**(about or {}), "settings": {"steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
+        report = {**(about or {}), "settings": {"sampler": sampler, "steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
                                                 "res": mesh_resolution, "guidance_image": gi, "guidance_shape": gs,
                                                 "guidance_source": source, "batch_size": batch_size},
                   "images": [None] * len(images), "n_failed": 0}
@@ -393,7 +401,7 @@ class Compress3DPipeline:
         for k in range(0, len(loaded), batch_size):
             chunk = loaded[k:k + batch_size]
             result = self([img for _, _, img in chunk], num_inference_steps, gi, gs, seed=None, use_prior=use_prior,
-                          mesh_resolution=mesh_resolution, generator=[torch.Generator().manual_seed(seed + i)
+                          mesh_resolution=mesh_resolution, sampler=sampler, generator=[torch.Generator().manual_seed(seed + i)
                                                                       for i, _, _ in chunk])
             per_image = {name: value / len(chunk) for name, value in result.timings.items()}
             for (i, path, _), mesh, error in zip(chunk, result.meshes, result.errors):

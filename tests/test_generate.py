@@ -127,3 +127,18 @@ def test_generate_json_records_the_guidance_actually_used(tmp_path, pipe):
     s = json.loads((out / "generate.json").read_text())["settings"]
     assert (s["guidance_image"], s["guidance_shape"]) == (pipe.default_guidance["image"], 3.5)
     assert s["guidance_source"] == {"image": "checkpoint default", "shape": "command line"}
+
+
+def test_cond_map_starts_as_a_no_op_and_then_places_conditions_in_space():
+    torch.manual_seed(0)
+    cfg = UNetConfig(latent_channels=4, latent_res=8, channels=(16, 32), embed_dim=8, time_dim=16, heads=2)
+    plain, mapped = TriplaneUNet(cfg), TriplaneUNet(cfg.override(cond_map=True))
+    mapped.load_state_dict(plain.state_dict(), strict=False)  # the same weights, the map zero-initialised
+    torch.nn.init.normal_(plain.conv_out.weight, std=0.1)
+    torch.nn.init.normal_(mapped.conv_out.weight, std=0.1)
+    mapped.conv_out.load_state_dict(plain.conv_out.state_dict())
+    x, t, e = torch.randn(2, 3, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 8)
+    torch.testing.assert_close(plain(x, t, e, e), mapped(x, t, e, e))
+    torch.nn.init.normal_(mapped.cond_map.weight, std=0.1)
+    delta = mapped(x, t, e, e) - plain(x, t, e, e)  # (2, 3, 4, 8, 8)
+    assert delta.abs().max() > 1e-3 and delta.std(dim=(-1, -2)).mean() > 1e-4  # it varies over the plane

@@ -62,11 +62,45 @@ def cmd_evaluate_generate(args):
 
     json_path_arg(args)
     report = evaluate_generate(args.pipeline, split=args.split, n=args.n, res=args.res, steps=args.steps,
-                               guidance_image=args.guidance_image, guidance_shape=args.guidance_shape, seed=args.seed)
+                               guidance_image=args.guidance_image, guidance_shape=args.guidance_shape, seed=args.seed,
+                               sampler=args.sampler)
     print(f"evaluate generate: pipeline {args.pipeline}, split {args.split} (seed {report['seed']}), "
           f"{report['seconds']:.0f} s")
     print(format_generate(report))
     _write(report, args)
+    return 0
+
+
+def cmd_evaluate_diagnose(args):
+    from ..evaluation.diagnose import diagnose_generate, format_rows
+
+    json_path_arg(args, min_n=2)
+    report = diagnose_generate(args.pipeline, split=args.split, n=args.n, seed=args.seed, res=args.res,
+                               samplers=args.samplers)
+    print(f"evaluate diagnose: pipeline {args.pipeline}")
+    print(format_rows(report))
+    _write(report, args)
+    return 0
+
+
+def cmd_evaluate_sweep(args):
+    from ..evaluation.diagnose import apply_settings, format_rows, parse_samplers, sweep_generate
+    from ..evaluation.paper import parse_grid
+
+    json_path_arg(args, min_n=2)
+    try:
+        grid, samplers = parse_grid(args.guidance_grid), parse_samplers(args.samplers)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if args.apply and args.split == "test":
+        raise CLIError("--apply chooses settings: run it on --split val (or train), never on test")
+    report = sweep_generate(args.pipeline, split=args.split, n=args.n, seed=args.seed, res=args.res,
+                            guidance_grid=grid, samplers=samplers)
+    print(f"evaluate sweep: pipeline {args.pipeline}")
+    print(format_rows(report, categories=False))
+    _write(report, args)
+    if args.apply:
+        print(f"wrote the chosen settings into {apply_settings(args.pipeline, report)}")
     return 0
 
 
@@ -133,12 +167,36 @@ def add_parsers(sub) -> None:
     evg.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
     evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
     evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
-    evg.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evg.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
+    evg.add_argument("--sampler", default=None, choices=["ddim", "dpm"], help="default: the checkpoint's")
     evg.add_argument("--guidance-image", type=float, default=None, help="image guidance scale (default: the checkpoint's)")
     evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
     evg.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     evg.add_argument("--json", default=None, help="write the full report here")
     evg.set_defaults(func=cmd_evaluate_generate)
+
+    def split_n_seed(q, split):
+        q.add_argument("--pipeline", default="course", help=PIPELINE_HELP)
+        q.add_argument("--split", default=split, choices=SPLITS, help=SPLIT_HELP)
+        q.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
+        q.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
+        q.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+        q.add_argument("--json", default=None, help="write the full report here")
+
+    evd = ev.add_parser("diagnose", help="where generation loses quality: each stage replaced by the truth in turn "
+                                         "(true shape embedding, true latent noised halfway, ...); val split")
+    split_n_seed(evd, "val")
+    evd.add_argument("--samplers", action="store_true", help="also the sampler rows (DDIM 50, DPM-Solver++ 15)")
+    evd.set_defaults(func=cmd_evaluate_diagnose)
+
+    evs = ev.add_parser("sweep", help="choose guidance scales, sampler and steps on the val split")
+    split_n_seed(evs, "val")
+    evs.add_argument("--guidance-grid", default="1,2,3,5x1,2,3", help="image scales x shape scales (default %(default)s)")
+    evs.add_argument("--samplers", default="ddim:25,ddim:50,dpm:10,dpm:20",
+                     help="sampler:steps, the first used for the guidance pass (default %(default)s)")
+    evs.add_argument("--apply", action="store_true",
+                     help="write the chosen settings into the pipeline's unet/config.json (a folder, not a preset)")
+    evs.set_defaults(func=cmd_evaluate_sweep)
 
     evr = ev.add_parser("paper", help="the paper's protocol: FID, CLIP similarity, IoU/CD/F, ablations; "
                                       "JSON + markdown tables beside the paper's numbers")

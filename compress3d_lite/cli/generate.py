@@ -31,7 +31,7 @@ def cmd_generate(args):
     from ..data.io import prepare_output_folder
     from ..pipeline import Compress3DPipeline, check_guidance
 
-    if args.steps < 1 or args.res < 8 or args.batch_size < 1:
+    if (args.steps is not None and args.steps < 1) or args.res < 8 or args.batch_size < 1:
         raise CLIError("--steps must be >= 1, --res >= 8 and --batch-size >= 1")
     check_seed(args.seed, len(args.images))
     try:
@@ -50,12 +50,12 @@ def cmd_generate(args):
     gi, gs = pipe.guidance(args.guidance_image, args.guidance_shape)
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
-          f"the prior, {args.steps} steps, guidance image {gi:g} / shape {gs:g}")
+          f"the prior, {args.sampler or pipe.sampler} {args.steps or pipe.steps} steps, guidance image {gi:g} / shape {gs:g}")
     pipe.set_progress_bar_config(disable=True)
     report = pipe.generate_files(args.images, out, format=args.format, num_inference_steps=args.steps, seed=args.seed,
                                  use_prior=not args.no_prior, mesh_resolution=args.res,
                                  image_guidance_scale=args.guidance_image, shape_guidance_scale=args.guidance_shape,
-                                 batch_size=args.batch_size, overwrite=args.overwrite,
+                                 batch_size=args.batch_size, overwrite=args.overwrite, sampler=args.sampler,
                                  about={"pipeline": str(args.pipeline), "load_seconds": load_seconds})
     return EXIT_BAD_INPUT if report["n_failed"] else 0
 
@@ -110,7 +110,10 @@ def add_parsers(sub) -> None:
     g.add_argument("-o", "--output", required=True, help="output folder: one mesh per image + generate.json")
     g.add_argument("--format", default="glb", choices=["glb", "ply", "obj"],
                    help="mesh file format, all with vertex colours (default %(default)s)")
-    g.add_argument("--steps", type=int, default=25, help="DDIM steps of the triplane diffusion (default %(default)s)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampler steps of the triplane diffusion (default: the checkpoint's, course: 25)")
+    g.add_argument("--sampler", default=None, choices=["ddim", "dpm"],
+                   help="ddim or dpm (DPM-Solver++) (default: the checkpoint's, course: ddim)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the noise; image i of the list uses seed + i (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=8,

@@ -53,7 +53,10 @@ class AwareCrossAttention3D(nn.Module):
         self.to_q = nn.Conv2d(c, c, 1)
         self.to_kv = nn.Linear(c, 2 * c)
         n_keys = (attn_res // latent_res) ** 2 * attn_res
-        self.pos = nn.Parameter(torch.randn(3, n_keys, c) * 0.02)  # PE of a key's place in its cube
+        # PE of a key's place in its cube, N(0, 0.02^2). A skeleton on the meta device (checkpoint loading
+        # builds one first) draws nothing: random ops there import torch._dynamo and sympy (~1.5 s)
+        pos = torch.empty(3, n_keys, c)
+        self.pos = nn.Parameter(pos if pos.is_meta else torch.randn(3, n_keys, c, device=pos.device) * 0.02)
         self.to_out = nn.Conv2d(c, c, 1)
         nn.init.zeros_(self.to_out.weight)  # starts as the identity map T^e = T^l
         nn.init.zeros_(self.to_out.bias)

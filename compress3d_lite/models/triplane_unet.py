@@ -20,6 +20,11 @@ one it is looking at). Two things make it a *triplane* UNet:
   probability ``cond_drop`` = 0.05 in training, independently (classifier-free guidance). The
   two tokens are also added to the timestep embedding that scales and shifts every ResBlock
   (a pooled-condition path as in SDXL; our addition, it speeds up learning at small scale).
+* ``cond_map`` (our addition, off in every preset; an ablation, docs/stages.md "Stage 4"): the
+  two tokens, summed, are also mapped by one linear layer to a feature map of the lowest
+  resolution, (3, C, r, r), added where the middle block starts. Cross-attention to two tokens
+  can only mix two vectors per position and the scale/shift is the same everywhere, so neither
+  says *where* a part goes; this map can. Zero-initialised: it starts as a no-op.
 
 ``cfg.grad_checkpoint`` (off in every preset; ``--grad-checkpoint``) recomputes every ResBlock and
 cross-attention in the backward pass instead of storing its activations: same outputs and
@@ -56,6 +61,7 @@ class UNetConfig(Config):
     # for ~1/3 more compute. Off in every preset: a100_full needs ~22 GiB per GPU without it
     # (train diffusion --preset a100_full --dry-run); turn it on for smaller GPUs or larger batches.
     grad_checkpoint: bool = False
+    cond_map: bool = False  # conditions -> a spatial map at the lowest resolution (module docstring)
 
 
 def cross_plane_features(h: torch.Tensor) -> torch.Tensor:
@@ -161,6 +167,11 @@ class TriplaneUNet(nn.Module, HubMixin):
             if level < len(ch) - 1:
                 self.down.append(Downsample(c))
                 skips.append(c)
+        r_low = cfg.latent_res // 2 ** (len(ch) - 1)  # the lowest resolution, where the middle block runs
+        self.cond_map = nn.Linear(E, 3 * c * r_low * r_low) if cfg.cond_map else None
+        if self.cond_map is not None:
+            nn.init.zeros_(self.cond_map.weight)
+            nn.init.zeros_(self.cond_map.bias)
         self.mid = nn.ModuleList([TriplaneResBlock(c, c, E), CrossAttention(c, E, cfg.heads), TriplaneResBlock(c, c, E)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(ch))):
@@ -203,6 +214,8 @@ class TriplaneUNet(nn.Module, HubMixin):
             h = self._layer(layer, h, emb, tokens)
             if not isinstance(layer, CrossAttention):
                 hs.append(h)
+        if self.cond_map is not None:  # (B, E) -> (B, 3, C, r, r) at the lowest resolution
+            h = h + self.cond_map(tokens.sum(1)).view(h.shape)
         for layer in self.mid:
             h = self._layer(layer, h, emb, tokens)
         for layer in self.up:

@@ -1,0 +1,151 @@
+"""Where the generation loses quality, and which settings to ship: measured on the val split.
+
+    compress3d-lite evaluate diagnose --split val --json diag.json   # the diagnosis table
+    compress3d-lite evaluate sweep --split val --json sweep.json     # guidance x sampler / steps
+
+**Diagnosis.** Each row replaces one part of the pipeline by the truth (or changes one setting)
+and measures what ``evaluate generate`` measures (generate.py). The gap between two rows is the
+loss of the part that differs:
+
+    vae (ceiling)        the true object's VAE latent, decoded: no generation at all
+    true latent, t=0.5   the true latent noised halfway, denoised by the UNet with the true shape
+                         embedding (SDEdit): the UNet only has to fill in detail
+    true shape emb.      the UNet from pure noise, given the shape tower's embedding of the true
+                         points instead of the prior's sample: a perfect prior
+    shipped              the pipeline as a user runs it (prior sample)
+    no prior             image embedding only
+    128 px view          the input rendered at 128 px (the tower still resizes to its own size)
+    sampler rows         more steps or another sampler, the same model (``--samplers``; the
+                         sweep below measures them for its best guidance pair)
+
+**Sweep.** The guidance pair (first pass, with the first sampler) and then the sampler / step count
+(second pass, with the best pair) are chosen by median IoU on the val split, with category accuracy
+breaking near-ties (within 0.005), then the smaller step count; ``--apply`` writes the chosen values into the UNet checkpoint's
+config (``guidance``, ``diffusion.sampler`` and ``diffusion.sample_steps``), where the pipeline
+reads its defaults. The test split is never used to choose.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .generate import Variant, format_summaries, make_bench, run_variant, settings_of
+from .report import clean
+from .test_set import SPLITS
+
+DIAGNOSIS = [
+    Variant("vae (ceiling)", decode_true=True, note="true object's latent, decoded"),
+    Variant("true latent, t=0.5", shape="true", strength=0.5, note="true latent half-noised, then denoised"),
+    Variant("true shape emb.", shape="true", note="UNet with the true shape embedding (a perfect prior)"),
+    Variant("shipped", shape="prior", note="the pipeline as shipped"),
+    Variant("no prior", shape="none", note="image embedding only"),
+    Variant("128 px view", shape="prior", view_res=128, note="input rendered at 128 px"),
+]
+SAMPLER_ROWS = [  # the sampler's share (the sweep measures these too)
+    Variant("ddim 50 steps", shape="prior", sampler="ddim", steps=50, note="twice the steps"),
+    Variant("dpm++ 15 steps", shape="prior", sampler="dpm", steps=15, note="DPM-Solver++"),
+]
+
+
+def _run(bench, variants, seed, res, progress, label) -> dict:
+    t0 = time.perf_counter()
+    rows = []
+    for v in variants:
+        summary, _ = run_variant(bench, v, seed, res)
+        rows.append({"name": v.name, "note": v.note, "settings": settings_of(bench, v), "summary": summary})
+        if progress:
+            s = summary
+            print(f"  {label} {v.name:24s} IoU {s['iou_median']:.3f}  near {s['iou_near_median']:.3f}  "
+                  f"category {s['category_acc']:.3f}  worst {s['worst_category']} {s['worst_category_iou']:.2f}",
+                  flush=True)
+    return {"pipeline": str(bench.pipeline), "split": bench.split, "seed": SPLITS[bench.split],
+            "n_objects": len(bench.cases), "sample_seed": seed, "mesh_res": res, "rows": rows,
+            "seconds": time.perf_counter() - t0}
+
+
+def diagnose_generate(pipeline="course", split: str = "val", n: int = 56, seed: int = 0, res: int = 64,
+                      device: str | None = None, variants=None, progress: bool = True, samplers: bool = False) -> dict:
+    """The diagnosis table (module docstring) as a report: one row per variant (``DIAGNOSIS``, and
+    ``SAMPLER_ROWS`` with ``samplers``; or the ``variants`` given)."""
+    bench = make_bench(pipeline, split, n, device)
+    return clean(_run(bench, variants or DIAGNOSIS + (SAMPLER_ROWS if samplers else []), seed, res, progress,
+                      "diagnose"))
+
+
+GUIDANCE_GRID = tuple((gi, gs) for gi in (1, 2, 3, 5) for gs in (1, 2, 3))
+SAMPLERS = (("ddim", 25), ("ddim", 50), ("dpm", 10), ("dpm", 20))
+
+
+def best_row(rows: list, tolerance: float = 0.005) -> dict:
+    """The row with the highest median IoU; among those within ``tolerance`` of it, the highest
+    category accuracy, then the fewest sampler steps (the faster), then the highest IoU."""
+    top = max(r["summary"]["iou_median"] for r in rows)
+    close = [r for r in rows if r["summary"]["iou_median"] >= top - tolerance]
+    return max(close, key=lambda r: (r["summary"]["category_acc"], -r["settings"]["steps"], r["summary"]["iou_median"]))
+
+
+def sweep_generate(pipeline="course", split: str = "val", n: int = 56, seed: int = 0, res: int = 64,
+                   device: str | None = None, guidance_grid=GUIDANCE_GRID, samplers=SAMPLERS,
+                   progress: bool = True) -> dict:
+    """Two passes: every guidance pair with the first sampler, then every sampler / step count with
+    the best pair. Reports every row and the chosen settings (``best``)."""
+    (s0, k0) = samplers[0]
+    first = [Variant(f"g {gi:g}/{gs:g}, {s0} {k0}", sampler=s0, steps=k0, guidance=(gi, gs)) for gi, gs in guidance_grid]
+    bench = make_bench(pipeline, split, n, device)
+    report = _run(bench, first, seed, res, progress, "sweep")
+    best_first = best_row(report["rows"])
+    g = best_first["settings"]
+    pair = (g["guidance_image"], g["guidance_shape"])
+    second = [Variant(f"g {pair[0]:g}/{pair[1]:g}, {s} {k}", sampler=s, steps=k, guidance=pair)
+              for s, k in samplers[1:]]
+    more = _run(bench, second, seed, res, progress, "sweep")
+    report["rows"] += more["rows"]
+    report["seconds"] += more["seconds"]
+    best = best_row([best_first] + more["rows"])
+    report["best"], report["best_settings"] = best["name"], best["settings"]
+    return clean(report)
+
+
+def parse_samplers(text: str) -> list:
+    """"ddim:25,dpm:10" -> [("ddim", 25), ("dpm", 10)]."""
+    out = []
+    for part in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, steps = part.partition(":")
+        if name not in ("ddim", "dpm") or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--samplers {text!r}: expected SAMPLER:STEPS pairs, e.g. ddim:25,dpm:10 "
+                             "(samplers ddim, dpm)")
+        out.append((name, int(steps)))
+    if not out:
+        raise ValueError("--samplers: give at least one SAMPLER:STEPS")
+    return out
+
+
+def apply_settings(pipeline, report: dict):
+    """Write a sweep's chosen guidance, sampler and steps into the pipeline folder's unet/config.json
+    (where ``Compress3DPipeline`` reads its defaults). Returns the file written."""
+    import json
+
+    from ..checkpoint import resolve_folder
+    from ..data.io import atomic_write_bytes
+    from ..pipeline import PRESETS
+
+    if isinstance(pipeline, str) and pipeline in PRESETS:
+        raise ValueError(f"--apply writes into a pipeline folder; {pipeline!r} is the shipped preset")
+    path = resolve_folder(pipeline) / "unet" / "config.json"
+    cfg = json.loads(path.read_text())
+    best = report["best_settings"]
+    cfg["diffusion"].update(sampler=best["sampler"], sample_steps=best["steps"])
+    cfg["guidance"] = {"image": best["guidance_image"], "shape": best["guidance_shape"],
+                       "chosen_by": f"compress3d-lite evaluate sweep --split {report['split']} --n "
+                                    f"{report['n_objects']}: best median IoU; within 0.005 of it, the higher category accuracy, "
+                                    "then the fewer steps"}
+    atomic_write_bytes(path, (json.dumps(cfg, indent=1) + "\n").encode())
+    return path
+
+
+def format_rows(report: dict, categories: bool = True) -> str:
+    head = (f"{report['n_objects']} {report['split']} objects (seed {report['seed']}), sample seed "
+            f"{report['sample_seed']}, {report['seconds']:.0f} s")
+    table = format_summaries([(r["name"], r["summary"]) for r in report["rows"]], categories)
+    best = f"\nbest: {report['best']}" if "best" in report else ""
+    return f"{head}\n{table}{best}"
