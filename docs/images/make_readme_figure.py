@@ -44,7 +44,7 @@ def main():
         rng = np.random.default_rng([SPLITS["test"], i, 5])
         cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
         view, _ = render_views(obj.colored_mesh(), cam, intrinsics(INPUT_RES, spec.fov_deg), INPUT_RES)
-        out = pipe(load_image(view[0]), seed=0)  # 25 DDIM steps, the checkpoint's guidance
+        out = pipe(load_image(view[0]), seed=0)  # the checkpoint's sampler, steps and guidance
         generated = render_trimesh(out.mesh, cams, 192)
         truth, _ = render_views(obj.colored_mesh(), cams, intrinsics(192, spec.fov_deg), 192)
         rows.append([white(view[0])] + [white(g) for g in generated] + [white(truth[0])])
