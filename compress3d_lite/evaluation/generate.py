@@ -46,7 +46,7 @@ from ..mesh import MeshingError, extract_mesh, query_points
 from ..stages.embed import embed_images, embed_mesh, embed_points
 from . import metrics
 from .report import check_targets, clean, target_line
-from .test_set import SPLITS, HeldOut, held_out, input_view, occupancy_queries, surface_points
+from .test_set import SPLITS, HeldOut, held_out, input_view, occupancy_queries, render_input, surface_points
 
 N_IOU, N_SURFACE, VIEW_RES = 50_000, 10_000, 64
 NEAR_SIGMA = 0.05  # std of the offset of the near-surface IoU points (data frame, objects span 1.8)
@@ -126,13 +126,7 @@ def _view(bench: Bench, k: int, res: int):
     if res == VIEW_RES:
         return bench.cases[k].image
     if res not in bench.extra_views:
-        from ..config import SampleSpec
-        from ..data.render import intrinsics, render_views
-
-        spec = SampleSpec()
-        bench.extra_views[res] = [load_image(render_views(c.item.obj.colored_mesh(), c.camera,
-                                                          intrinsics(res, spec.fov_deg), res)[0][0])
-                                  for c in bench.cases]
+        bench.extra_views[res] = [load_image(render_input(c.item, c.camera, res)) for c in bench.cases]
     return bench.extra_views[res][k]
 
 

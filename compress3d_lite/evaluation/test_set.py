@@ -56,12 +56,20 @@ def held_out(split: str, n: int, stream: str, seed: int | None = None, min_n: in
 def input_view(item: HeldOut, resolution: int, spec: SampleSpec | None = None) -> tuple:
     """(RGBA (H, W, 4) uint8, cam2world (1, 4, 4)): one view at a random orbit camera drawn from
     the item's generator, rendered as the training views are (camera model of ``spec``)."""
-    from ..data.render import intrinsics, orbit_cameras, render_views
+    from ..data.render import orbit_cameras
 
     spec = spec or SampleSpec()
     cam = orbit_cameras(1, item.rng, spec.radius, spec.elevation_deg)
+    return render_input(item, cam, resolution, spec), cam
+
+
+def render_input(item: HeldOut, cam, resolution: int, spec: SampleSpec | None = None):
+    """RGBA (H, W, 4) uint8: the item seen from ``cam`` (1, 4, 4), rendered as the training views are."""
+    from ..data.render import intrinsics, render_views
+
+    spec = spec or SampleSpec()
     rgba, _ = render_views(item.obj.colored_mesh(), cam, intrinsics(resolution, spec.fov_deg), resolution)
-    return rgba[0], cam
+    return rgba[0]
 
 
 def surface_points(item: HeldOut, n: int) -> tuple:
