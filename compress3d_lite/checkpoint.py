@@ -174,9 +174,19 @@ def read_config(path) -> dict:
         cfg = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file}: corrupt config ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{cfg_file}: corrupt config (nested too deeply)") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: a JSON {type(cfg).__name__}, expected an object")
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file}: format {cfg.get('format')!r}, expected {FORMAT!r}")
+    for key in SECTIONS:
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise CheckpointError(f"{cfg_file}: \"{key}\" is a {type(cfg[key]).__name__}, expected an object")
     return cfg
+
+
+SECTIONS = ("model", "train", "data", "diffusion", "latent_stats", "guidance", "vae")  # each a JSON object
 
 
 def read_weights(path, name: str = "model.safetensors") -> dict:
@@ -192,8 +202,9 @@ def read_weights(path, name: str = "model.safetensors") -> dict:
         raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
 
 
-def weight_shapes(path, name: str = "model.safetensors") -> dict:
-    """{tensor name: shape} from the safetensors header alone (nothing is loaded)."""
+def weight_shapes(path, name: str = "model.safetensors", dtypes: bool = False) -> dict:
+    """{tensor name: shape} from the safetensors header alone (nothing is loaded); with
+    ``dtypes``, {tensor name: (shape, safetensors dtype name such as "F16", "I64", "BOOL")}."""
     from safetensors import safe_open
 
     file = Path(path) / name
@@ -203,6 +214,8 @@ def weight_shapes(path, name: str = "model.safetensors") -> dict:
         raise CheckpointError(f"{file}: a Git LFS pointer, not the weights; fetch the real file")
     try:
         with safe_open(str(file), framework="pt") as f:
+            if dtypes:
+                return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{file}: corrupt weights ({type(e).__name__}: {e})") from None
@@ -215,6 +228,9 @@ def shape_differences(expected: dict, found: dict, limit: int = 3) -> list:
     out += [f"{k} missing from the weights" for k in expected if k not in found]
     out += [f"{k} in the weights but not in the model" for k in found if k not in expected]
     return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def load_module(path, cfg, build, what: str, weights: str = "model.safetensors"):
@@ -231,11 +247,22 @@ def load_module(path, cfg, build, what: str, weights: str = "model.safetensors")
     except (KeyError, TypeError, ValueError, AssertionError) as e:
         raise CheckpointError(f"{path}: bad {what} config ({e})") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    diffs = shape_differences(expected, weight_shapes(path, weights))
+    header = weight_shapes(path, weights, dtypes=True)
+    diffs = shape_differences(expected, {k: shape for k, (shape, _) in header.items()})
     if diffs:
         raise CheckpointError(f"{path}: the weights do not fit the model its config.json describes: " + "; ".join(diffs))
+    wrong = [f"{k} is {dtype}" for k, v in skeleton.state_dict().items()
+             if v.is_floating_point() and (dtype := header[k][1]) not in FLOAT_DTYPES]
+    if wrong:
+        raise CheckpointError(f"{Path(path) / weights}: weights must be floating point, but "
+                              + "; ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""))
     model = build(cfg)
-    weights = read_weights(path, weights)
+    file, weights = Path(path) / weights, read_weights(path, weights)
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{file}: {len(bad)} of {len(weights)} tensors hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run that wrote them "
+                              "diverged or the file is damaged")
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except RuntimeError as e:

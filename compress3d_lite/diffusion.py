@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import Config
+from .config import Config, ConfigError
 
 
 @dataclass
@@ -36,8 +36,23 @@ class DiffusionConfig(Config):
     sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"
     sample_steps: int = 25
 
+    def __post_init__(self):
+        """Refuse (ConfigError naming the field) a schedule or sampler we cannot build, so that a bad
+        checkpoint config fails when it is loaded rather than after a diffusion run."""
+        choices = {"sampler": SAMPLERS, "prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"diffusion.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 1 <= self.train_timesteps <= 100_000:
+            raise ConfigError(f"diffusion.train_timesteps must be in 1..100000, got {self.train_timesteps}")
+        if not 1 <= self.sample_steps <= self.train_timesteps:
+            raise ConfigError(f"diffusion.sample_steps must be in 1..{self.train_timesteps} (the steps of the noise "
+                              f"schedule), got {self.sample_steps}")
+
 
 SAMPLERS = ("ddim", "dpm", "ddpm")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def make_scheduler(cfg, sampler: str | None = "ddpm"):

@@ -41,10 +41,11 @@ from .checkpoint import CheckpointError, resolve_folder
 from .config import pick_device
 from .data.images import ImageError, load_image
 from .data.io import OutputError, atomic_write_bytes, output_lock, prepare_output_folder
-from .diffusion import make_scheduler, sample
+from .diffusion import SAMPLERS, make_scheduler, sample
 from .mesh import (
     MAX_MESH_RES,
     MESH_BYTES_PER_CELL,
+    MESH_FORMATS,
     MeshingError,
     extract_mesh,
     mesh_names,
@@ -55,7 +56,7 @@ from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
 from .stages.embed import check_tower, embed_images, load_towers
 from .stages.prior import load_prior
-from .stages.unet import load_unet
+from .stages.unet import GUIDANCE_BOUND, load_unet
 from .stages.vae import load_vae
 
 _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
@@ -105,12 +106,25 @@ class Compress3DPipelineOutput:
 
 
 def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
-    """Guidance scales must be finite numbers (None: the checkpoint's default); ValueError otherwise."""
+    """Guidance scales must be numbers in -GUIDANCE_BOUND..GUIDANCE_BOUND (None: the checkpoint's
+    default); a TypeError or ValueError naming the argument otherwise."""
     import math
 
-    for name, g in (("--guidance-image", image_guidance_scale), ("--guidance-shape", shape_guidance_scale)):
-        if g is not None and not math.isfinite(g):
-            raise ValueError(f"{name} must be a finite number, got {g}")
+    for name, g in (("image_guidance_scale", image_guidance_scale), ("shape_guidance_scale", shape_guidance_scale)):
+        if g is None:
+            continue
+        if isinstance(g, bool) or not isinstance(g, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(g).__name__} {g!r:.40}")
+        if not math.isfinite(g) or abs(g) > GUIDANCE_BOUND:
+            raise ValueError(f"{name} must be a finite number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, got {g}")
+
+
+def _count(name: str, value, low: int, high: int | None = None) -> None:
+    """``value`` must be an int in low..high (high None: no upper bound); TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.40}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be in {low}..{'' if high is None else high}, got {value}")
 
 
 def _generators(generator, seed, n: int) -> list:
@@ -265,8 +279,8 @@ class Compress3DPipeline:
         def denoise(x, t):
             return self.unet.guided(x, t, e_i, e_s, gi, gs, use_shape=use_prior)
 
-        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, num_inference_steps or self.steps,
-                      sampler, generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
+        steps = self.steps if num_inference_steps is None else num_inference_steps
+        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, steps, sampler, generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
                       scheduler=self._samplers[f"unet {sampler}"], x_start=x_start, strength=strength,
                       progress={**self._progress, "disable": self._progress.get("disable") or not progress})
 
@@ -298,7 +312,10 @@ class Compress3DPipeline:
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("no images given")
+        self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
+                            prior_steps=prior_steps, sampler=sampler)
         gens = _generators(generator, seed, len(images))
+        images = [load_image(img) for img in images]  # every image checked before any computation
         timings, t0 = {}, time.perf_counter()
         e_i = self.embed_images(images)  # (B, D)
         timings["image_embedding"] = time.perf_counter() - t0
@@ -318,24 +335,31 @@ class Compress3DPipeline:
         return Compress3DPipelineOutput(meshes, latents, e_i, e_s, timings, errors)
 
     # ------------------------------------------------------------------ files in, files out
-    def check_settings(self, num_inference_steps: int | None, mesh_resolution: int, image_guidance_scale=None,
-                       shape_guidance_scale=None) -> None:
-        """Refuse (ValueError naming the option) settings that cannot work, before any computation:
-        more steps than the schedule has, a grid that does not fit in memory, non-finite guidance."""
+    def check_settings(self, num_inference_steps: int | None = None, mesh_resolution: int = 128,
+                       image_guidance_scale=None, shape_guidance_scale=None, prior_steps: int | None = None,
+                       sampler: str | None = None) -> None:
+        """Refuse settings that cannot work, before any computation, with a TypeError or ValueError
+        naming the argument: steps outside the noise schedule, a grid that does not fit in memory,
+        guidance that is not a bounded number, an unknown sampler. (The command line says the same
+        with its option names.)"""
 
         import psutil
 
         t_max = self.unet.diffusion_cfg.train_timesteps
-        num_inference_steps = self.steps if num_inference_steps is None else num_inference_steps
-        if not 1 <= num_inference_steps <= t_max:
-            raise ValueError(f"--steps must be in 1..{t_max} (the steps of the noise schedule), got {num_inference_steps}")
+        if num_inference_steps is not None:
+            _count("num_inference_steps", num_inference_steps, 1, t_max)
+        if prior_steps is not None:
+            _count("prior_steps", prior_steps, 1, self.prior.diffusion_cfg.train_timesteps)
+        _count("mesh_resolution", mesh_resolution, 8, MAX_MESH_RES)
         need = MESH_BYTES_PER_CELL * mesh_resolution ** 3
         free = psutil.virtual_memory().available
-        if not 8 <= mesh_resolution <= MAX_MESH_RES or need > free:
+        if need > free:
             fits = max(8, min(MAX_MESH_RES, int((free / MESH_BYTES_PER_CELL) ** (1 / 3))))
-            raise ValueError(f"--res must be in 8..{fits} on this machine (a {mesh_resolution}^3 grid needs about "
-                             f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
+            raise ValueError(f"mesh_resolution must be in 8..{fits} on this machine (a {mesh_resolution}^3 grid needs "
+                             f"about {need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
         check_guidance(image_guidance_scale, shape_guidance_scale)
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
@@ -355,8 +379,12 @@ class Compress3DPipeline:
         mesh this run would write) is refused unless ``overwrite``, which first removes the earlier
         run's meshes so that the folder and ``generate.json`` agree. One run writes into a folder
         at a time (``data.io.output_lock``)."""
+        if f".{format}" not in MESH_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(f[1:] for f in MESH_FORMATS)}, got {format!r}")
+        _count("batch_size", batch_size, 1)
+        self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
+                            sampler=sampler)
         out = prepare_output_folder(out_dir)
-        self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale)
         names = mesh_names(images)
         created = not out.exists()
         prepare_output_folder(out, create=True)
@@ -379,7 +407,7 @@ class Compress3DPipeline:
     def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,
                         image_guidance_scale, shape_guidance_scale, batch_size, about, log, sampler) -> dict:
         gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
-        num_inference_steps = num_inference_steps or self.steps
+        num_inference_steps = self.steps if num_inference_steps is None else num_inference_steps
         source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
                   "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
         report = {**(about or {}), "settings": {"sampler": sampler, "steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
@@ -408,7 +436,11 @@ class Compress3DPipeline:
                 if mesh is None:
                     fail(i, path, error)
                     continue
-                mesh_path = save_mesh(mesh, out / f"{names[i]}.{format}")
+                try:
+                    mesh_path = save_mesh(mesh, out / f"{names[i]}.{format}")
+                except OSError as e:  # a full disk, a quota: this mesh is lost, the others may still fit
+                    fail(i, path, f"{out / f'{names[i]}.{format}'}: could not be written ({e.strerror or e})")
+                    continue
                 report["images"][i] = {"image": str(path), "mesh": str(mesh_path), "n_vertices": len(mesh.vertices),
                                        "n_faces": len(mesh.faces), "timings": per_image, "batch": len(chunk)}
                 log(f"{path} -> {mesh_path} ({len(mesh.faces)} faces; batch of {len(chunk)}, "

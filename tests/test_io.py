@@ -73,6 +73,9 @@ def test_corrupt_files_name_the_file(tmp_path, content, message):
 
 def test_index_round_trip_and_wrong_format(tmp_path):
     write_index(tmp_path, [{"file": "a.npz"}], generator="test")
+    with pytest.raises(DataFormatError, match="'a.npz', which does not exist"):
+        read_index(tmp_path)
+    (tmp_path / "a.npz").write_bytes(b"")
     assert read_index(tmp_path)["objects"] == [{"file": "a.npz"}]
     (tmp_path / "index.json").write_text('{"format": "other"}')
     with pytest.raises(DataFormatError, match="expected"):

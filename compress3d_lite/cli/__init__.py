@@ -81,13 +81,49 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (``kill``, a job scheduler, a closed Colab cell) stops a command the way Ctrl-C
+    does: the same clean-up runs (worker pools end, temporary files go) and the same message says
+    what to run next."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def interrupted(args) -> str:
+    """The line printed on an interrupt: what state the output is in and what to run."""
+    from pathlib import Path
+
+    if args.command == "train" and getattr(args, "out", None) and not getattr(args, "dry_run", False):
+        ckpt = Path(args.out) / "checkpoint" / "config.json"
+        if ckpt.exists():
+            import json
+
+            step = json.loads(ckpt.read_text()).get("step")
+            return (f"interrupted: {args.out} holds a checkpoint at step {step}; run the same command with --resume "
+                    "to continue it exactly")
+        again = " with --overwrite" if (Path(args.out) / "log.jsonl").exists() else ""
+        return f"interrupted before the first checkpoint: run the same command{again} to start over"
+    if args.command == "data" and getattr(args, "data_command", None) in ("toyshapes", "import", "objaverse"):
+        return f"interrupted: {args.out} is unfinished; run the same command again to finish it"
+    if args.command == "generate":
+        return (f"interrupted: the meshes written so far are in {args.output}; run the same command with --overwrite "
+                "to redo them all")
+    return "interrupted"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     one_line_warnings()
+    interrupt_on_sigterm()
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupted(args), file=sys.stderr)
         return 130
     except MemoryError:
         print("error: out of memory; use smaller sizes (--res, --batch-size, --points)", file=sys.stderr)

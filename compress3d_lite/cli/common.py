@@ -20,6 +20,22 @@ def check_seed(seed, n: int = 1, option: str = "--seed") -> None:
                                                            if n > 1 else "") + f", got {seed}")
 
 
+GENERATE_FLAGS = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
+                  "shape_guidance_scale": "--guidance-shape", "batch_size": "--batch-size", "format": "--format",
+                  "sampler": "--sampler", "prior_steps": "--prior-steps"}
+
+
+def as_flags(error: Exception, flags: dict = GENERATE_FLAGS) -> CLIError:
+    """A library error that names Python arguments (``num_inference_steps must be ...``) as the
+    command line's error naming its options (``--steps must be ...``)."""
+    import re
+
+    text = str(error)
+    for name, flag in flags.items():
+        text = re.sub(rf"\b{name}\b", flag, text)
+    return CLIError(text)
+
+
 def print_help_of(parser):
     """The command of a bare group (``compress3d-lite``, ``compress3d-lite train``): its help, exit 0."""
     def show(args):
@@ -60,10 +76,23 @@ def spec_from_args(args):
 
 
 def json_path_arg(args, min_n: int = 2) -> None:
-    """``--json`` must not be a folder; ``--n`` at least ``min_n``."""
-    from pathlib import Path
-
-    if args.json and Path(args.json).is_dir():
-        raise CLIError(f"{args.json}: is a directory, not a .json file")
+    """``--json`` must not be a folder, nor an existing file unless ``--overwrite``; ``--n`` at least ``min_n``."""
+    if args.json:
+        output_file_arg(args.json, getattr(args, "overwrite", False))
     if args.n < min_n:
         raise CLIError(f"--n must be >= {min_n}")
+
+
+def output_file_arg(path, overwrite: bool = False, inputs=()) -> None:
+    """An output file named on the command line: not a folder, not one of ``inputs``, not an
+    existing file unless ``overwrite`` -- checked before any work is done."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{path}: is a folder, not an output file")
+    for source in inputs:
+        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise CLIError(f"{path}: is also this command's input; choose another output name")
+    if path.exists() and not overwrite:
+        raise CLIError(f"{path}: exists; pass --overwrite to replace it, or choose another name")

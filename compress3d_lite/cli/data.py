@@ -3,12 +3,30 @@ Objaverse, the quality filter, our sample meshes)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, spec_from_args
+from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, output_file_arg, spec_from_args
+
+
+@contextlib.contextmanager
+def data_folder(out):
+    """One data command writes into ``out`` at a time (``out/.data.lock``, naming the holder's pid;
+    a killed holder's lock is taken over); a folder created here and left empty is removed."""
+    from ..data.io import output_lock, prepare_output_folder
+
+    out = Path(out)
+    created = not out.exists()
+    prepare_output_folder(out, create=True)
+    try:
+        with output_lock(out, "data", what="data command"):
+            yield out
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def cmd_toyshapes(args):
@@ -21,7 +39,8 @@ def cmd_toyshapes(args):
     print(f"toyshapes: {args.n} objects, seed {args.seed}, {spec.views} views at {spec.resolution}px, "
           f"ray caster: {ray_backend()}, {args.workers} worker(s)")
     t0 = time.time()
-    write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png, start=args.start)
+    with data_folder(args.out):
+        write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png, start=args.start)
     dt = time.time() - t0
     print(f"wrote {args.n} objects to {args.out} in {dt:.1f} s ({args.n / dt:.1f} objects/s)")
     return 0
@@ -31,7 +50,8 @@ def cmd_import(args):
     from ..data.mesh_import import import_files
 
     spec = spec_from_args(args)
-    entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
+    with data_folder(args.out):
+        entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
     if entries:
         print(f"imported {len(entries)} object(s) into {args.out}")
     else:
@@ -103,8 +123,9 @@ def cmd_view(args):
     from .. import viz
     from ..data.io import load_object
 
-    obj = load_object(args.object)
     out = Path(args.output or Path(args.object).with_suffix(".html"))
+    output_file_arg(out, args.overwrite, inputs=[args.object])
+    obj = load_object(args.object)
     print(f"wrote {viz.save_html(object_figures(obj, Path(args.object).name), out)}")
     return 0
 
@@ -112,7 +133,13 @@ def cmd_view(args):
 def cmd_sample_meshes(args):
     from ..data.sample_meshes import write_sample_meshes
 
-    for p in write_sample_meshes(args.out):
+    from ..data.io import OutputError
+
+    try:
+        written = write_sample_meshes(args.out, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise OutputError(f"{e.filename}: exists; pass --overwrite to replace it, or choose another --out") from None
+    for p in written:
         print(f"wrote {p}")
     return 0
 
@@ -166,8 +193,10 @@ def add_parsers(sub) -> None:
     v = data.add_parser("view", help="write an offline HTML viewer of one object .npz")
     v.add_argument("object", help="an object .npz")
     v.add_argument("-o", "--output", help="output .html (default: next to the object)")
+    v.add_argument("--overwrite", action="store_true", help="replace the output .html if it exists (default: refuse)")
     v.set_defaults(func=cmd_view)
 
     s = data.add_parser("sample-meshes", help="write our own small example meshes (OBJ+MTL+PNG, GLB, PLY)")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--overwrite", action="store_true", help="replace sample files already in the folder (default: refuse)")
     s.set_defaults(func=cmd_sample_meshes)

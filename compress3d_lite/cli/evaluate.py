@@ -139,6 +139,7 @@ def add_parsers(sub) -> None:
     eva.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
     eva.add_argument("--res", type=int, default=128, help="marching-cubes grid resolution (default %(default)s)")
     eva.add_argument("--json", default=None, help="write the full report (per object, per category) here")
+    eva.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     eva.add_argument("--preset", default=None, help="require the checkpoint to be of this preset")
     eva.set_defaults(func=cmd_evaluate_ae)
 
@@ -147,6 +148,7 @@ def add_parsers(sub) -> None:
         q.add_argument("--split", default="test", choices=SPLITS, help=SPLIT_HELP)
         q.add_argument("--n", type=int, default=112, help="objects, 8 per category at 112 (default %(default)s)")
         q.add_argument("--json", default=None, help="write the full report here")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
     eve = ev.add_parser("embed", help="the towers: image -> shape retrieval, category accuracy")
     common(eve)
@@ -173,6 +175,7 @@ def add_parsers(sub) -> None:
     evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
     evg.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     evg.add_argument("--json", default=None, help="write the full report here")
+    evg.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     evg.set_defaults(func=cmd_evaluate_generate)
 
     def split_n_seed(q, split):
@@ -182,6 +185,7 @@ def add_parsers(sub) -> None:
         q.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
         q.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
         q.add_argument("--json", default=None, help="write the full report here")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
     evd = ev.add_parser("diagnose", help="where generation loses quality: each stage replaced by the truth in turn "
                                          "(true shape embedding, true latent noised halfway, ...); val split")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, CLIError, check_seed
+from .common import EXIT_BAD_INPUT, CLIError, as_flags, check_seed
 
 
 def check_device(device) -> None:
@@ -37,16 +37,16 @@ def cmd_generate(args):
     try:
         check_guidance(args.guidance_image, args.guidance_shape)  # before loading: the pipeline checks again
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise as_flags(e) from None
     check_device(args.device)
     out = prepare_output_folder(args.output)  # before loading anything: a bad -o fails at once
     t0 = time.perf_counter()
     pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
     load_seconds = time.perf_counter() - t0
     try:
-        pipe.check_settings(args.steps, args.res, args.guidance_image, args.guidance_shape)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
+        pipe.check_settings(args.steps, args.res, args.guidance_image, args.guidance_shape, sampler=args.sampler)
+    except (TypeError, ValueError) as e:
+        raise as_flags(e) from None
     gi, gs = pipe.guidance(args.guidance_image, args.guidance_shape)
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "

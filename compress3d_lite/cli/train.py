@@ -3,8 +3,12 @@ Each command only parses; the stage modules (``compress3d_lite/stages/``) do the
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 from ..config import PRESET_NAMES
-from .common import CLIError, check_seed, group
+from .common import CLIError, check_seed, group, output_file_arg
 
 
 def _require(args, *names):
@@ -38,6 +42,8 @@ def _dry_run(stage, args, **overrides):
 
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
+    if args.json:
+        output_file_arg(args.json, args.overwrite)
     try:
         report = dry_run(stage, args.preset, overrides=overrides)
     except ValueError as e:
@@ -48,52 +54,82 @@ def _dry_run(stage, args, **overrides):
     return 0
 
 
+def _main_process() -> bool:
+    """Rank 0 of a launch (accelerate / torchrun set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+@contextlib.contextmanager
+def run_folder(out):
+    """One training writes into ``out`` at a time: its main process holds ``out/.train.lock``
+    (another live holder is an error naming its pid; a killed one's lock is taken over). A
+    folder this command created is removed again if the run fails before writing anything."""
+    from ..data.io import output_lock, prepare_output_folder
+
+    out = Path(out)
+    if not _main_process():
+        yield out
+        return
+    created = not out.exists()
+    prepare_output_folder(out, create=True)
+    try:
+        with output_lock(out, "train", what="training"):
+            yield out
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _train(train, args, **kwargs):
+    """Run a stage's ``train`` in its locked run folder; a finished run's resume says so, exit 0."""
+    from ..training.loop import RunFinished
+
+    _require(args, *kwargs.pop("required"))
+    overrides = _train_overrides(args)
+    with run_folder(args.out):
+        try:
+            train(args.preset, args.out, resume=args.resume, overwrite=args.overwrite, data=args.data,
+                  train_overrides=overrides, half=args.half, **kwargs)
+        except RunFinished as e:
+            print(e)
+    return 0
+
+
 def cmd_train_ae(args):
     overrides = {k: v for k, v in (("attn", False if args.no_attn else None), ("attn_res", args.attn_res),
                                    ("render_loss", True if args.render_loss else None),
                                    ("grad_checkpoint", True if args.grad_checkpoint else None)) if v is not None}
     if args.dry_run:
         return _dry_run("ae", args, **overrides)
-    _require(args, "out")
     from ..stages.vae import train_vae
 
-    train_vae(args.preset, args.out, data=args.data, resume=args.resume, overwrite=args.overwrite, overrides=overrides,
-              train_overrides=_train_overrides(args), half=args.half)
-    return 0
+    return _train(train_vae, args, required=["out"], overrides=overrides)
 
 
 def cmd_train_embed(args):
     if args.dry_run:
         return _dry_run("embed", args, **({"image_tower": args.image_tower} if args.image_tower else {}))
-    _require(args, "out")
     from ..stages.embed import train_embed
 
-    train_embed(args.preset, args.out, data=args.data, resume=args.resume, overwrite=args.overwrite, image_tower=args.image_tower,
-                train_overrides=_train_overrides(args), half=args.half)
-    return 0
+    return _train(train_embed, args, required=["out"], image_tower=args.image_tower)
 
 
 def cmd_train_prior(args):
     if args.dry_run:
         return _dry_run("prior", args)
-    _require(args, "out", "embed")
     from ..stages.prior import train_prior
 
-    train_prior(args.preset, args.out, embed=args.embed, data=args.data, resume=args.resume, overwrite=args.overwrite,
-                train_overrides=_train_overrides(args), half=args.half)
-    return 0
+    return _train(train_prior, args, required=["out", "embed"], embed=args.embed)
 
 
 def cmd_train_diffusion(args):
     overrides = {"grad_checkpoint": True} if args.grad_checkpoint else {}
     if args.dry_run:
         return _dry_run("diffusion", args, **overrides)
-    _require(args, "out", "vae", "embed")
     from ..stages.unet import train_unet
 
-    train_unet(args.preset, args.out, vae=args.vae, embed=args.embed, data=args.data, resume=args.resume, overwrite=args.overwrite,
-               overrides=overrides, train_overrides=_train_overrides(args), half=args.half)
-    return 0
+    return _train(train_unet, args, required=["out", "vae", "embed"], vae=args.vae, embed=args.embed,
+                  overrides=overrides)
 
 
 def _common(q, what: str) -> None:
@@ -102,7 +138,9 @@ def _common(q, what: str) -> None:
     q.add_argument("--out", default=None, help=f"run folder: checkpoint/, {what}, log.jsonl (required unless --dry-run)")
     q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly")
     q.add_argument("--overwrite", action="store_true",
-                   help="start over in an OUT that holds a run (its checkpoint, log and generated data are deleted)")
+                   help="start over in an OUT that holds a run (its checkpoint and log are deleted, and the toy "
+                        "data an earlier run generated there; never a --data folder); with --dry-run --json: "
+                        "replace that file")
     q.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     q.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size (per process)")
     q.add_argument("--seed", type=int, default=None, help="override the preset's seed (data order, init)")

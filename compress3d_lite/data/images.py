@@ -56,15 +56,31 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 
 def _from_array(a: np.ndarray, name: str) -> Image.Image:
+    """An image array -> PIL: uint8 as is, uint16 scaled, floats in [0, 1], other integers in
+    0..255. Anything else (floats outside [0, 1] such as 0..255, NaN, integers outside 0..255,
+    an empty array, a non-numeric dtype) is an ImageError saying what to pass instead."""
     a = np.asarray(a)
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
         raise ImageError(f"{name}: array of shape {a.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageError(f"{name}: an empty image array of shape {a.shape}")
     if a.dtype.kind == "f":
-        a = np.clip(np.nan_to_num(a), 0.0, 1.0) * 255.0 + 0.5
+        if not np.isfinite(a).all():
+            raise ImageError(f"{name}: float image with {int((~np.isfinite(a)).sum())} NaN or infinite values")
+        if a.min() < -1e-3 or a.max() > 1 + 1e-3:  # a rounding error's slack, then clipped
+            raise ImageError(f"{name}: float image spans {a.min():.4g}..{a.max():.4g}; float images must be in "
+                             "[0, 1] (divide 0..255 values by 255, or pass uint8)")
+        a = np.clip(a, 0.0, 1.0) * 255.0 + 0.5
     elif a.dtype == np.uint16:
         a = a / 257.0 + 0.5
+    elif a.dtype.kind in "iu" and a.dtype != np.uint8:
+        if a.min() < 0 or a.max() > 255:
+            raise ImageError(f"{name}: {a.dtype.name} image spans {a.min()}..{a.max()}; integer images must be in "
+                             "0..255 (uint16: 0..65535)")
+    elif a.dtype.kind not in "iub":
+        raise ImageError(f"{name}: an image array of dtype {a.dtype.name}; expected uint8, uint16 or float in [0, 1]")
     a = a.astype(np.uint8)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[-1]]
     return Image.fromarray(a[..., 0] if mode == "L" else a, mode)

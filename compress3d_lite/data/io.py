@@ -82,13 +82,14 @@ def prepare_output_file(path, overwrite: bool = False) -> Path:
 
 
 class output_lock:
-    """``with output_lock(folder, "generate"):`` -- one writer per output folder. A second one is an
+    """``with output_lock(folder, "generate"):`` -- one writer per output folder (the lock file is
+    ``folder/.generate.lock``; ``what`` names the holder in the message). A second one is an
     OutputError naming the process that holds the folder; a lock left by a killed process (its
     pid is gone) is taken over."""
 
-    def __init__(self, folder, name: str):
+    def __init__(self, folder, name: str, what: str | None = None):
         self.path = Path(folder) / f".{name}.lock"
-        self.name = name
+        self.name = what or name  # how the message names the holder
 
     def __enter__(self):
         for _ in range(2):
@@ -122,6 +123,25 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def end_with_parent(ignore_sigint: bool = False) -> None:
+    """Pool initializer: the worker gets SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``),
+    even by ``kill -9``, so no worker goes on writing into a folder nobody owns; elsewhere a
+    no-op (the pool's own shutdown still ends the workers on a normal exit or an interrupt).
+    ``ignore_sigint``: Ctrl-C is left to the parent, which lets the jobs in flight finish."""
+    import ctypes
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -168,8 +188,15 @@ def save_object(path, arrays: dict) -> None:
     atomic_write_bytes(path, npz_bytes(arrays))
 
 
+POINT_BOX = 1.05  # surface points lie in the [-0.9, 0.9]^3 data box, queries in [-1, 1]^3; a little slack
+VIEW_SHAPES = {"images": (np.uint8, 4), "depths": (np.float32, 3), "cam2world": (np.float64, 3),
+               "intrinsics": (np.float64, 3)}
+
+
 def validate_object(arrays: dict, name: str = "object") -> None:
-    """Raise DataFormatError naming ``name`` and the first problem found."""
+    """Raise DataFormatError naming ``name`` and the first problem found: a missing array, a
+    wrong dtype or shape, no points, non-finite values, colours outside [0, 1], coordinates
+    outside the data box, incomplete or malformed rendered views."""
     for key, (dtype, ndim) in REQUIRED.items():
         if key not in arrays:
             raise DataFormatError(f"{name}: missing array '{key}'")
@@ -182,11 +209,42 @@ def validate_object(arrays: dict, name: str = "object") -> None:
         raise DataFormatError(f"{name}: points/colors must both be (N, 3)")
     if arrays["occ_points"].shape != (m, 3) or arrays["occ_labels"].shape != (m,):
         raise DataFormatError(f"{name}: occ_points (M, 3) and occ_labels (M,) disagree")
+    if n == 0 or m == 0:
+        raise DataFormatError(f"{name}: holds {n} surface points and {m} occupancy queries; an object needs at "
+                              "least one of each")
     if not (np.isfinite(arrays["points"]).all() and np.isfinite(arrays["occ_points"]).all()):
         raise DataFormatError(f"{name}: non-finite coordinates")
+    for key in ("points", "occ_points"):
+        reach = float(np.abs(arrays[key]).max())
+        if reach > POINT_BOX:
+            raise DataFormatError(f"{name}: '{key}' reach {reach:.3g} from the centre; objects live in the "
+                                  "[-1, 1]^3 data box (import meshes with `data import`, which normalises them)")
+    colors = arrays["colors"]
+    if not np.isfinite(colors).all():
+        raise DataFormatError(f"{name}: 'colors' holds {int((~np.isfinite(colors)).sum())} non-finite values")
+    if colors.min() < 0 or colors.max() > 1:
+        raise DataFormatError(f"{name}: 'colors' span {colors.min():.3g}..{colors.max():.3g}; rgb must be in "
+                              "[0, 1] (divide 0..255 colours by 255)")
+    transform = np.asarray(arrays["transform"])
+    if transform.shape != (4, 4) or not np.isfinite(transform).all():
+        raise DataFormatError(f"{name}: 'transform' must be a finite (4, 4) matrix, got {transform.shape}")
     present = [k for k in VIEW_KEYS if k in arrays]
     if present and len(present) != len(VIEW_KEYS):
         raise DataFormatError(f"{name}: views need all of {VIEW_KEYS}, got {present}")
+    if present:
+        v = len(arrays["images"])
+        want = {"images": (v, None, None, 4), "depths": (v, None, None), "cam2world": (v, 4, 4),
+                "intrinsics": (v, 3, 3)}
+        for key, (dtype, ndim) in VIEW_SHAPES.items():
+            a = np.asarray(arrays[key])
+            fits = a.ndim == ndim and all(w is None or w == s for w, s in zip(want[key], a.shape))
+            if a.dtype != dtype or not fits:
+                shape = ", ".join("?" if w is None else str(w) for w in want[key])
+                raise DataFormatError(f"{name}: '{key}' should be {np.dtype(dtype).name} of shape ({shape}), "
+                                      f"got {a.dtype.name} {a.shape}")
+        if arrays["depths"].shape[1:] != arrays["images"].shape[1:3]:
+            raise DataFormatError(f"{name}: 'depths' {arrays['depths'].shape} and 'images' "
+                                  f"{arrays['images'].shape} disagree in size")
 
 
 def _head(path: Path, n: int) -> bytes:
@@ -197,6 +255,8 @@ def _head(path: Path, n: int) -> bytes:
 def load_object(path) -> dict:
     """Read one object ``.npz`` into a dict of arrays (0-d string arrays become ``str``)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise DataFormatError(f"{path}: not a file (an object is one .npz file)")
     if path.is_file() and path.stat().st_size and _head(path, 2) != b"PK":
         raise DataFormatError(f"{path}: not a readable .npz (a .npz is a zip file; this one has no zip header)")
     try:
@@ -222,18 +282,52 @@ def write_index(out_dir, entries: list, **info) -> Path:
 
 
 def read_index(data_dir, allow_unfinished: bool = False) -> dict:
-    path = Path(data_dir) / "index.json"
+    """The ``index.json`` of a dataset folder, checked: a folder holding a regular file of UTF-8
+    JSON, an object with our format tag and a list of entries, each naming a relative ``.npz``
+    path inside the folder. A finished data set must hold objects, each of them a file that
+    exists; an unfinished one (``complete: false``) is refused unless ``allow_unfinished``."""
+    folder = Path(data_dir)
+    path = folder / "index.json"
+    if folder.exists() and not folder.is_dir():
+        raise DataFormatError(f"{folder}: not a folder (a data set is a folder holding index.json)")
     if not path.exists():
         raise DataFormatError(f"{path}: missing; is {data_dir} a compress3d_lite dataset folder?")
+    if not path.is_file():
+        raise DataFormatError(f"{path}: not a regular file")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: nested too deeply to be an index") from None
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{path}: a JSON {type(doc).__name__}, expected an object with \"format\" and "
+                              "\"objects\"")
     if doc.get("format") != FORMAT:
         raise DataFormatError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
     if doc.get("complete") is False and not allow_unfinished:
         raise DataFormatError(f"{path}: an unfinished data set (the command that writes it was interrupted); "
                               "run the same command again to finish it")
+    entries = doc.get("objects", [])
+    if not isinstance(entries, list):
+        raise DataFormatError(f"{path}: \"objects\" is a {type(entries).__name__}, expected a list of entries")
+    for k, entry in enumerate(entries):
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or not file:
+            raise DataFormatError(f"{path}: entry {k} has no \"file\" naming its .npz (got {entry!r:.60})")
+        if Path(file).is_absolute() or ".." in Path(file).parts:
+            raise DataFormatError(f"{path}: entry {k} names {file!r}, outside the data folder; entries are paths "
+                                  "relative to the folder, without '..'")
+    if not allow_unfinished:
+        if not entries:
+            raise DataFormatError(f"{path}: lists no objects")
+        for k, entry in enumerate(entries):
+            file = folder / entry["file"]
+            if not file.is_file():
+                raise DataFormatError(f"{path}: entry {k} names {entry['file']!r}, "
+                                      f"{'not a file' if file.exists() else 'which does not exist'}")
     return doc
 
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..config import SampleSpec
-from .io import REQUIRED, atomic_write_bytes, read_index, write_index
+from .io import REQUIRED, atomic_write_bytes, end_with_parent, read_index, write_index
 from .mesh_import import SUPPORTED, MeshImportError, _one_line, import_mesh
 
 MANIFEST = "compress3d_lite/objaverse-manifest-v1"
@@ -180,8 +180,8 @@ def run_jobs(jobs, workers: int):
     from concurrent.futures.process import BrokenProcessPool
 
     def new_pool():  # workers ignore Ctrl-C: the main process stops the queue and waits for them
-        return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=signal.signal,
-                                   initargs=(signal.SIGINT, signal.SIG_IGN))
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
+                                   initargs=(True,))
 
     jobs, retry, running, pool = iter(jobs), [], {}, new_pool()
     try:
@@ -236,7 +236,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     """Refuse to resume into a folder made with other sampling settings (or by another command)."""
     if out.exists() and not out.is_dir():
         raise ObjaverseError(f"{out}: exists and is not a folder")
-    if (out / "index.json").exists() and read_index(out).get("generator") != "objaverse":
+    if (out / "index.json").exists() and read_index(out, allow_unfinished=True).get("generator") != "objaverse":
         raise ObjaverseError(f"{out / 'index.json'}: a dataset made by another command; use another --out")
     try:
         old = json.loads((out / "manifest.json").read_text())["settings"]
@@ -264,7 +264,7 @@ def _entry_from_file(npz: Path) -> dict | None:
 def _index_entries(out: Path, fresh: dict, qfilter, threshold) -> tuple:
     """(index.json entries, filtered objects): every finished object in the folder, this run's
     and earlier runs', minus those the quality filter (if any) scores below ``threshold``."""
-    previous = {e.get("uid"): e for e in read_index(out)["objects"]} if (out / "index.json").exists() else {}
+    previous = {e.get("uid"): e for e in read_index(out, allow_unfinished=True)["objects"]} if (out / "index.json").exists() else {}
     entries = [fresh.get(f.stem) or previous.get(f.stem) or _entry_from_file(f)
                for f in sorted((out / "objects").glob("*.npz"))]
     entries = [e for e in entries if e is not None]

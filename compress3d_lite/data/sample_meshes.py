@@ -144,10 +144,15 @@ def snowman_ply_bytes() -> bytes:
     return mesh.export(file_type="ply", encoding="binary")
 
 
-def write_sample_meshes(out_dir) -> list:
+def write_sample_meshes(out_dir, overwrite: bool = False) -> list:
     """Write the sample files into ``out_dir``; returns their paths (main files first:
-    crate.obj, toy_lamp.glb, vertex_color_snowman.ply, then crate.mtl, crate.png)."""
+    crate.obj, toy_lamp.glb, vertex_color_snowman.ply, then crate.mtl, crate.png). A file of
+    that name already there is a FileExistsError (nothing written) unless ``overwrite``."""
     out_dir = Path(out_dir)
+    names = ("crate.obj", "toy_lamp.glb", "vertex_color_snowman.ply", "crate.mtl", "crate.png")
+    there = [out_dir / n for n in names if (out_dir / n).exists()]
+    if there and not overwrite:
+        raise FileExistsError(17, "exists", str(there[0]))
     files = {
         "crate.obj": crate_obj_text().encode(),
         "toy_lamp.glb": lamp_glb_bytes(),
@@ -163,5 +168,5 @@ def write_sample_meshes(out_dir) -> list:
 if __name__ == "__main__":  # python -m compress3d_lite.data.sample_meshes OUT_DIR
     import sys
 
-    for p in write_sample_meshes(sys.argv[1] if len(sys.argv) > 1 else "data_samples"):
+    for p in write_sample_meshes(sys.argv[1] if len(sys.argv) > 1 else "data_samples", overwrite=True):
         print(f"{p}  {p.stat().st_size:,} B")

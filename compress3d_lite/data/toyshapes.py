@@ -392,7 +392,7 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
 
     from tqdm.auto import tqdm
 
-    from .io import close_dataset, open_dataset
+    from .io import close_dataset, end_with_parent, open_dataset
     from .render import ray_backend
 
     spec = spec or SampleSpec()
@@ -410,7 +410,7 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with mp.get_context("spawn").Pool(workers, initializer=end_with_parent) as pool:
             entries = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
     close_dataset(out_dir, {**done, **{e["file"]: e for e in entries}}, "toyshapes", settings, **info)
     return entries

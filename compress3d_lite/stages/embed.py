@@ -140,13 +140,14 @@ def train_embed(preset: str, out, data: str | None = None, resume: bool = False,
     ``lite`` and ``course`` train a small open_clip ViT from scratch jointly with the shape tower
     on toy renders (offline). Writes ``out/shape_tower`` and, for a tower trained here,
     ``out/image_tower``; each records the identity of the image tower (docs/design.md §6)."""
-    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
+    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
     p = embed_preset(preset, image_tower, train_overrides)
     tower_cfg, shape_cfg, tcfg, frozen = p.tower, p.shape_tower, p.train, p.frozen
     model_cfg = {"image_tower": tower_cfg.to_dict(), "frozen": frozen, "shape_tower": shape_cfg.to_dict()}
     start = 0
     if resume:
-        start, tcfg = resume_point(out, "embed_training", preset, model_cfg, tcfg)
+        start, tcfg, data = resume_point(out, "embed_training", preset, model_cfg, tcfg, train_overrides, data,
+                                         release="shape_tower")
     accelerator = make_accelerator(tcfg)
     torch.manual_seed(tcfg.seed)
     tower = ImageTower.pretrained(tower_cfg) if tower_cfg.pretrained else ImageTower(tower_cfg)

@@ -109,7 +109,7 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
     """Train the prior e_i -> e_s on embeddings of a data set made by the towers in ``embed`` (a
     ``train embed`` output folder); the embeddings are computed once and cached in
     ``out/embeddings.safetensors``. Writes ``out/prior``."""
-    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
+    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
     p = prior_preset(preset, train=train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
@@ -118,7 +118,8 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
     model_cfg = {"prior": p.model.to_dict(), "diffusion": p.diffusion.to_dict()}
     start = 0
     if resume:
-        start, tcfg = resume_point(out, "prior_training", preset, model_cfg, tcfg)
+        start, tcfg, data = resume_point(out, "prior_training", preset, model_cfg, tcfg, train_overrides, data,
+                                         release="prior")
     torch.manual_seed(tcfg.seed)
     # the prior learns on the objects the towers learned on, unless told otherwise
     folder = Path(data) if data else Path(shape_cfg["data"]["folder"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_config, resolve_folder, write_checkpoint
+from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
 from ..config import Config, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
@@ -124,7 +124,7 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
     towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``.
     ``overrides`` / ``train_overrides``: UNetConfig / TrainConfig fields."""
-    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
+    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
     p = unet_preset(preset, overrides, train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
@@ -139,7 +139,8 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
     model_cfg = {"unet": p.model.to_dict(), "diffusion": p.diffusion.to_dict()}
     start = 0
     if resume:
-        start, tcfg = resume_point(out, "diffusion_training", preset, model_cfg, tcfg)
+        start, tcfg, data = resume_point(out, "diffusion_training", preset, model_cfg, tcfg, train_overrides, data,
+                                         release="unet")
     torch.manual_seed(tcfg.seed)
     folder = Path(data) if data else Path(shape_cfg["data"]["folder"])
     saved = cached_tensors(out / "latents.safetensors", accelerator, lambda: {
@@ -182,7 +183,36 @@ def load_unet(path, device="cpu", use_ema: bool = True):
     folder = resolve_folder(path)
     check_sizes(read_config(folder).get("model"), SIZE_BOUNDS, folder / "config.json")  # before building
     model = TriplaneUNet.load(folder, device, use_ema=use_ema)
+    check_sampling_record(model.checkpoint_info, model.cfg.latent_channels, folder / "config.json")
     return model, model.checkpoint_info
+
+
+GUIDANCE_BOUND = 100.0  # |scale| above this only amplifies noise; the paper's best is 5
+
+
+def check_sampling_record(cfg: dict, channels: int, where) -> None:
+    """What a pipeline reads from a UNet config besides the model: ``latent_stats`` (a finite mean
+    and a positive std per latent channel) and the optional default ``guidance`` scales (finite
+    numbers, at most GUIDANCE_BOUND in size). A CheckpointError naming the field, at load time."""
+    import math
+
+    stats = cfg.get("latent_stats")
+    if not isinstance(stats, dict):
+        raise CheckpointError(f"{where}: no \"latent_stats\" (the latent mean and std per channel the UNet was "
+                              "trained in); a UNet release folder written by `train diffusion` has them")
+    for key in ("mean", "std"):
+        values = stats.get(key)
+        if (not isinstance(values, list) or len(values) != channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise CheckpointError(f"{where}: latent_stats.{key} must be {channels} finite numbers (one per latent "
+                                  f"channel), got {str(values)[:60]}")
+    if min(stats["std"]) <= 0:
+        raise CheckpointError(f"{where}: latent_stats.std must be positive, got {stats['std']}")
+    for key, g in (cfg.get("guidance") or {}).items():
+        if key in ("image", "shape") and (not isinstance(g, (int, float)) or isinstance(g, bool)
+                                          or not math.isfinite(g) or abs(g) > GUIDANCE_BOUND):
+            raise CheckpointError(f"{where}: guidance.{key} must be a number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, "
+                                  f"got {g!r}")
 
 
 # ------------------------------------------------------------------------------------------ dry run

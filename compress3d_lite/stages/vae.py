@@ -131,12 +131,13 @@ def train_vae(preset: str, out, data: str | None = None, resume: bool = False, o
 
     ``overrides`` / ``train_overrides``: AEConfig / TrainConfig fields. ``stop_after``: stop at that
     step with a training checkpoint, as an interrupted run would (``--resume`` continues exactly)."""
-    out = claim_run_folder(out, resume, overwrite)  # refuse a finished run's folder unless --overwrite
+    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
     p = vae_preset(preset, overrides, train_overrides)
     mcfg, tcfg = p.model, p.train
     start = 0
     if resume:
-        start, tcfg = resume_point(out, KIND, preset, mcfg.to_dict(), tcfg)
+        start, tcfg, data = resume_point(out, KIND, preset, mcfg.to_dict(), tcfg, train_overrides, data,
+                                         release="model")
     accelerator = make_accelerator(tcfg)
     torch.manual_seed(tcfg.seed)
     folder = prepare_data(data, out, tcfg, accelerator, views=4 if mcfg.render_loss else 0)
