@@ -227,3 +227,11 @@ class SampleSpec(Config):
     def from_dict(cls, d: dict, strict: bool = False) -> "SampleSpec":
         """Lenient by default: index.json files may carry keys of other versions."""
         return super().from_dict(d, strict=strict)
+
+
+def check_count(name: str, value, low: int, high: int | None = None) -> None:
+    """``value`` must be an int in low..high (high None: no upper bound); TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.40}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be in {low}..{'' if high is None else high}, got {value}")

@@ -32,8 +32,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import trimesh
+
+from .config import check_count
 
 MESH_FORMATS = (".glb", ".ply", ".obj")
 
@@ -232,6 +235,17 @@ def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
 
 MAX_MESH_RES = 1024  # marching-cubes grids above this are refused whatever the memory
 MESH_BYTES_PER_CELL = 48  # what meshing needs per grid cell, with room to spare (field, padding, skimage)
+
+
+def check_mesh_resolution(res, name: str = "mesh_resolution") -> None:
+    """A marching-cubes grid side in 8..MAX_MESH_RES whose grid fits in the free memory; a
+    TypeError or ValueError naming ``name`` and the largest grid that fits otherwise."""
+    check_count(name, res, 8, MAX_MESH_RES)
+    need, free = MESH_BYTES_PER_CELL * res ** 3, psutil.virtual_memory().available
+    if need > free:
+        fits = max(8, min(MAX_MESH_RES, int((free / MESH_BYTES_PER_CELL) ** (1 / 3))))
+        raise ValueError(f"{name} must be in 8..{fits} on this machine (a {res}^3 grid needs about "
+                         f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {res}")
 
 
 def mesh_names(images) -> list:

@@ -38,15 +38,14 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, resolve_folder
-from .config import pick_device
+from .config import check_count, pick_device
 from .data.images import ImageError, load_image
 from .data.io import OutputError, atomic_write_bytes, output_lock, prepare_output_folder
 from .diffusion import SAMPLERS, make_scheduler, sample
 from .mesh import (
-    MAX_MESH_RES,
-    MESH_BYTES_PER_CELL,
     MESH_FORMATS,
     MeshingError,
+    check_mesh_resolution,
     extract_mesh,
     mesh_names,
     remove_earlier_run,
@@ -56,7 +55,7 @@ from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
 from .stages.embed import check_tower, embed_images, load_towers
 from .stages.prior import load_prior
-from .stages.unet import GUIDANCE_BOUND, load_unet
+from .stages.unet import check_guidance, load_unet
 from .stages.vae import load_vae
 
 _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
@@ -103,28 +102,6 @@ class Compress3DPipelineOutput:
         if self.meshes[0] is None:
             raise MeshingError(self.errors[0])
         return self.meshes[0]
-
-
-def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
-    """Guidance scales must be numbers in -GUIDANCE_BOUND..GUIDANCE_BOUND (None: the checkpoint's
-    default); a TypeError or ValueError naming the argument otherwise."""
-    import math
-
-    for name, g in (("image_guidance_scale", image_guidance_scale), ("shape_guidance_scale", shape_guidance_scale)):
-        if g is None:
-            continue
-        if isinstance(g, bool) or not isinstance(g, (int, float)):
-            raise TypeError(f"{name} must be a number, got {type(g).__name__} {g!r:.40}")
-        if not math.isfinite(g) or abs(g) > GUIDANCE_BOUND:
-            raise ValueError(f"{name} must be a finite number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, got {g}")
-
-
-def _count(name: str, value, low: int, high: int | None = None) -> None:
-    """``value`` must be an int in low..high (high None: no upper bound); TypeError/ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r:.40}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be in {low}..{'' if high is None else high}, got {value}")
 
 
 def _generators(generator, seed, n: int) -> list:
@@ -340,23 +317,13 @@ class Compress3DPipeline:
                        sampler: str | None = None) -> None:
         """Refuse settings that cannot work, before any computation, with a TypeError or ValueError
         naming the argument: steps outside the noise schedule, a grid that does not fit in memory,
-        guidance that is not a bounded number, an unknown sampler. (The command line says the same
-        with its option names.)"""
-
-        import psutil
-
+        guidance that is not a bounded number, an unknown sampler."""
         t_max = self.unet.diffusion_cfg.train_timesteps
         if num_inference_steps is not None:
-            _count("num_inference_steps", num_inference_steps, 1, t_max)
+            check_count("num_inference_steps", num_inference_steps, 1, t_max)
         if prior_steps is not None:
-            _count("prior_steps", prior_steps, 1, self.prior.diffusion_cfg.train_timesteps)
-        _count("mesh_resolution", mesh_resolution, 8, MAX_MESH_RES)
-        need = MESH_BYTES_PER_CELL * mesh_resolution ** 3
-        free = psutil.virtual_memory().available
-        if need > free:
-            fits = max(8, min(MAX_MESH_RES, int((free / MESH_BYTES_PER_CELL) ** (1 / 3))))
-            raise ValueError(f"mesh_resolution must be in 8..{fits} on this machine (a {mesh_resolution}^3 grid needs "
-                             f"about {need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {mesh_resolution}")
+            check_count("prior_steps", prior_steps, 1, self.prior.diffusion_cfg.train_timesteps)
+        check_mesh_resolution(mesh_resolution)
         check_guidance(image_guidance_scale, shape_guidance_scale)
         if sampler is not None and sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -365,23 +332,19 @@ class Compress3DPipeline:
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
                        log=print, overwrite: bool = False, sampler: str | None = None) -> dict:
-        """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, a number
-        added when two stems clash) and ``out_dir/generate.json``: the settings -- the guidance
-        scales actually used, with where they came from -- and per image its mesh, sizes and
-        timings, or its error. Images go through the pipeline ``batch_size`` at a time; image i of
-        the list uses seed ``seed + i`` whatever the batch size. A bad image (``ImageError``) or an
-        empty field (``MeshingError``) is reported with ``log(..., file=sys.stderr)`` and skipped;
-        the others are still done. Nothing is written when every image failed. ``about``: entries
-        put first in the report. Returns the report; ``report["n_failed"]`` counts failures.
-
-        Before any computation: the settings are checked (``check_settings``), the folder must be
-        writable, and a folder that holds an earlier run's results (its ``generate.json``, or a
-        mesh this run would write) is refused unless ``overwrite``, which first removes the earlier
-        run's meshes so that the folder and ``generate.json`` agree. One run writes into a folder
-        at a time (``data.io.output_lock``)."""
+        """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, numbered
+        when stems clash) and ``out_dir/generate.json``: the settings (the guidance scales used and
+        where they came from) and per image its mesh, sizes and timings, or its error. Images go
+        ``batch_size`` at a time; image i uses seed ``seed + i`` whatever the batch size. A bad
+        image, an empty field or a mesh that cannot be written (a full disk) is reported with
+        ``log(..., file=sys.stderr)`` and skipped; the others are still done. Nothing is written
+        when every image failed. ``about``: entries put first in the report. Returns the report
+        (``report["n_failed"]`` counts failures). Before any computation the arguments are checked
+        and a folder holding an earlier run's results is refused unless ``overwrite``, which first
+        removes that run's meshes; one run writes into a folder at a time (``data.io.output_lock``)."""
         if f".{format}" not in MESH_FORMATS:
             raise ValueError(f"format must be one of {', '.join(f[1:] for f in MESH_FORMATS)}, got {format!r}")
-        _count("batch_size", batch_size, 1)
+        check_count("batch_size", batch_size, 1)
         self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
                             sampler=sampler)
         out = prepare_output_folder(out_dir)
@@ -447,6 +410,11 @@ class Compress3DPipeline:
                     f"{per_image['total']:.2f} s per image: "
                     + ", ".join(f"{n_} {v:.2f}" for n_, v in per_image.items() if n_ != "total") + ")")
         if report["n_failed"] < len(images):
-            atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
+            try:
+                atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
+            except OSError as e:
+                raise OutputError(f"{out / 'generate.json'}: could not be written ({e.strerror or e}); the meshes "
+                                  "named above are complete: free space and run the same command with --overwrite "
+                                  "to redo the run with its report") from None
             log(f"wrote {out / 'generate.json'}")
         return report

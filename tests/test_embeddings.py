@@ -20,7 +20,7 @@ from compress3d_lite.models.prior import DiffusionPrior, PriorConfig
 from compress3d_lite.models.shape_tower import ShapeTower, ShapeTowerConfig
 from compress3d_lite.stages.embed import load_shape_tower, load_towers, train_embed
 from compress3d_lite.stages.prior import load_prior, train_prior
-from compress3d_lite.training.loop import TrainingError
+from compress3d_lite.training.run_folder import TrainingError
 
 LITE_TOWER = IMAGE_TOWERS["toy_lite"]
 FAST = {"log_every": 5, "ckpt_every": 1000}

@@ -223,3 +223,109 @@ def test_an_interrupted_import_is_finished_by_the_same_command_and_a_second_impo
     with pytest.raises(OutputError, match="other settings"):
         mesh_import.import_files([meshes / "crate.obj"], tmp_path, SampleSpec(n_points=256, views=0), progress=False)
     assert np.load(tmp_path / "crate.npz")["points"].shape[0] == SPEC.n_points  # untouched by the refusal
+
+
+# ----------------------------------------------------------------------------------------------
+# SIGTERM, a full disk: each folder complete or resumable, and the message says which
+
+
+CLI = [sys.executable, "-m", "compress3d_lite.cli"]
+FAST_ENV = {**os.environ, "C3D_FAST": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _term_when(proc, ready, timeout=120):
+    """SIGTERM ``proc`` once ``ready()`` holds (or it ended); its stderr."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[1]
+
+
+def test_sigterm_while_train_makes_its_toy_data_then_the_same_command_finishes(tmp_path):
+    argv = CLI + ["train", "ae", "--preset", "lite", "--out", str(tmp_path / "run"), "--steps", "2",
+                  "--batch-size", "2", "--n-train", "24"]
+    proc = subprocess.Popen(argv, env=FAST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = _term_when(proc, lambda: len(list((tmp_path / "run" / "data").glob("*.npz"))) >= 2)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted before the first checkpoint: run the same command")
+    done = subprocess.run(argv, env=FAST_ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(read_index(tmp_path / "run" / "data")["objects"]) == 24 and (tmp_path / "run" / "model").is_dir()
+
+
+def test_sigterm_during_toyshapes_with_workers_ends_the_workers_and_the_same_command_finishes(tmp_path):
+    out = tmp_path / "ds"
+    argv = CLI + ["data", "toyshapes", "--n", "40", "--out", str(out), "--views", "2", "--res", "64",
+                  "--points", "512", "--occ", "512", "--workers", "2"]
+    proc = subprocess.Popen(argv, env=FAST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = _term_when(proc, lambda: len(list(out.glob("*.npz"))) >= 2)
+    assert proc.returncode == 130 and "run the same command again to finish it" in err, err[-2000:]
+    time.sleep(0.5)
+    before = sorted(p.name for p in out.glob("*.npz"))
+    time.sleep(2)
+    assert sorted(p.name for p in out.glob("*.npz")) == before  # no worker writes after its parent ended
+    assert subprocess.run(argv, env=FAST_ENV, capture_output=True, timeout=600).returncode == 0
+    assert len(read_index(out)["objects"]) == 40
+
+
+def test_a_full_disk_at_a_checkpoint_names_it_and_says_what_to_run(tmp_path, toy, monkeypatch):
+    import errno
+
+    import compress3d_lite.training.loop as loop
+    from compress3d_lite.training.run_folder import TrainingError
+
+    real, calls = loop.write_checkpoint, []
+
+    def fills_the_disk(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(loop, "write_checkpoint", fills_the_disk)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"checkpoint of step 4 could not be written \(No space left on device\);"
+                                            r" the last complete checkpoint \(step 2\) is kept: .* --resume"):
+        train_vae("lite", run, data=str(toy), train_overrides=OVER, progress=False)
+    monkeypatch.undo()
+    train_vae("lite", run, data=str(toy), resume=True, train_overrides=OVER, progress=False)
+    assert json.loads((run / "model" / "config.json").read_text())["step"] == OVER["steps"]
+
+
+def test_a_full_disk_while_generate_writes_fails_that_mesh_named_and_goes_on(tmp_path, pipe, monkeypatch):
+    import errno
+
+    import compress3d_lite.pipeline as pipeline
+
+    real = pipeline.save_mesh
+
+    def full_for_a(mesh, path):
+        if path.name.startswith("a."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(mesh, path)
+
+    monkeypatch.setattr(pipeline, "save_mesh", full_for_a)
+    image = sample_path("toyshapes", "images", "000003_0.png")
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(image.read_bytes())
+    said = []
+    report = pipe.generate_files([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", num_inference_steps=2,
+                                 mesh_resolution=32, log=lambda *a, **k: said.append(" ".join(map(str, a))))
+    assert report["n_failed"] == 1 and (tmp_path / "out" / "b.glb").exists()
+    assert any(f"{tmp_path / 'out' / 'a.glb'}: could not be written (No space left on device)" in x for x in said)
+
+
+def test_the_interrupt_message_says_what_to_run(tmp_path):
+    from argparse import Namespace
+
+    from compress3d_lite.cli import interrupted
+
+    train = Namespace(command="train", out=str(tmp_path), dry_run=False)
+    assert "run the same command to start over" in interrupted(train)
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "config.json").write_text('{"step": 40}')
+    assert "checkpoint at step 40; run the same command with --resume" in interrupted(train)
+    data = Namespace(command="data", data_command="toyshapes", out="ds")
+    assert "run the same command again to finish it" in interrupted(data)
+    assert "--overwrite" in interrupted(Namespace(command="generate", output="o"))

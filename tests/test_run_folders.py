@@ -13,7 +13,7 @@ import pytest
 from compress3d_lite.cli import main
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.toyshapes import write_toyshapes
-from compress3d_lite.training.loop import MADE_BY_TRAIN, RunFinished, TrainingError
+from compress3d_lite.training.run_folder import MADE_BY_TRAIN, RunFinished, TrainingError
 from compress3d_lite.stages.vae import train_vae
 
 SPEC = SampleSpec(n_points=256, n_uniform=256, n_near=256, views=0)

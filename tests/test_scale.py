@@ -26,7 +26,7 @@ from compress3d_lite.stages.dryrun import dry_run, format_dry_run
 from compress3d_lite.stages.embed import load_towers, train_embed
 from compress3d_lite.stages.unet import unet_preset
 from compress3d_lite.stages.vae import load_vae, vae_preset
-from compress3d_lite.training.loop import model_identity
+from compress3d_lite.training.run_folder import model_identity
 from compress3d_lite.training.measure import activation_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

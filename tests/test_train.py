@@ -12,7 +12,8 @@ from compress3d_lite.data.dataset import ObjectDataset
 from compress3d_lite.data.toyshapes import write_toyshapes
 from compress3d_lite.models import TriplaneVAE
 from compress3d_lite.stages.vae import load_vae, train_vae, vae_preset
-from compress3d_lite.training.loop import StepBatchSampler, TrainingError
+from compress3d_lite.training.loop import StepBatchSampler
+from compress3d_lite.training.run_folder import TrainingError
 
 FAST = {"log_every": 5, "ckpt_every": 1000}
 

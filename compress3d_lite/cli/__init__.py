@@ -60,7 +60,7 @@ def is_user_error(e: BaseException) -> bool:
     from ..data.io import DataFormatError, OutputError
     from ..data.mesh_import import MeshImportError
     from ..models.image_tower import PretrainedWeightsUnavailable
-    from ..training.loop import TrainingError
+    from ..training.run_folder import TrainingError
 
     return isinstance(e, (CheckpointError, ConfigError, ImageError, DataFormatError, MeshImportError, OutputError,
                           PretrainedWeightsUnavailable, TrainingError))

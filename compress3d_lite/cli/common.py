@@ -85,14 +85,7 @@ def json_path_arg(args, min_n: int = 2) -> None:
 
 def output_file_arg(path, overwrite: bool = False, inputs=()) -> None:
     """An output file named on the command line: not a folder, not one of ``inputs``, not an
-    existing file unless ``overwrite`` -- checked before any work is done."""
-    from pathlib import Path
+    existing file unless ``overwrite``, in a writable folder -- checked before any work is done."""
+    from ..data.io import prepare_output_file
 
-    path = Path(path)
-    if path.is_dir():
-        raise CLIError(f"{path}: is a folder, not an output file")
-    for source in inputs:
-        if Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise CLIError(f"{path}: is also this command's input; choose another output name")
-    if path.exists() and not overwrite:
-        raise CLIError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
+    prepare_output_file(path, overwrite, inputs)

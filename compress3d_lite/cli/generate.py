@@ -29,7 +29,8 @@ def check_device(device) -> None:
 def cmd_generate(args):
     """One coloured mesh per image; a bad image is reported and skipped, the rest still done."""
     from ..data.io import prepare_output_folder
-    from ..pipeline import Compress3DPipeline, check_guidance
+    from ..pipeline import Compress3DPipeline
+    from ..stages.unet import check_guidance
 
     if (args.steps is not None and args.steps < 1) or args.res < 8 or args.batch_size < 1:
         raise CLIError("--steps must be >= 1, --res >= 8 and --batch-size >= 1")

@@ -82,7 +82,7 @@ def run_folder(out):
 
 def _train(train, args, **kwargs):
     """Run a stage's ``train`` in its locked run folder; a finished run's resume says so, exit 0."""
-    from ..training.loop import RunFinished
+    from ..training.run_folder import RunFinished
 
     _require(args, *kwargs.pop("required"))
     overrides = _train_overrides(args)

@@ -70,11 +70,14 @@ def prepare_output_folder(folder, create: bool = False) -> Path:
     return folder
 
 
-def prepare_output_file(path, overwrite: bool = False) -> Path:
-    """An output file: not a folder, not an existing file unless ``overwrite``, in a writable folder."""
+def prepare_output_file(path, overwrite: bool = False, inputs=()) -> Path:
+    """An output file: not a folder, never one of the files in ``inputs`` (even with
+    ``overwrite``), not an existing file unless ``overwrite``, in a writable folder."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, not an output file")
+    if path.exists() and any(Path(p).exists() and os.path.samefile(p, path) for p in inputs):
+        raise OutputError(f"{path}: is also this command's input; choose another output name")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
     prepare_output_folder(path.parent)
@@ -260,7 +263,7 @@ def load_object(path) -> dict:
     if path.is_file() and path.stat().st_size and _head(path, 2) != b"PK":
         raise DataFormatError(f"{path}: not a readable .npz (a .npz is a zip file; this one has no zip header)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:  # our handle: closed on any failure
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such file") from None

@@ -31,16 +31,8 @@ from ..data.surface import ColoredMesh
 from ..models.contrastive import FrozenTowerAligner, ShapeImageAligner
 from ..models.image_tower import IMAGE_TOWERS, ImageTower, ImageTowerConfig, fingerprint
 from ..models.shape_tower import ShapeTower, ShapeTowerConfig
-from ..training.loop import (
-    TrainConfig,
-    cached_tensors,
-    claim_run_folder,
-    data_config,
-    fit,
-    make_accelerator,
-    prepare_data,
-    resume_point,
-)
+from ..training.loop import TrainConfig, cached_tensors, fit, make_accelerator
+from ..training.run_folder import claim_run_folder, data_config, prepare_data, resume_point
 from ..training.measure import Setup, random_points, random_unit, step_flops
 
 BIG_TOWER = 1e9  # in a dry run, image towers above this many parameters stay on the meta device

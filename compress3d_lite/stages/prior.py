@@ -21,15 +21,8 @@ from ..config import Config, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
 from ..models.prior import DiffusionPrior, PriorConfig
-from ..training.loop import (
-    Objective,
-    TrainConfig,
-    cached_tensors,
-    claim_run_folder,
-    fit,
-    make_accelerator,
-    resume_point,
-)
+from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator
+from ..training.run_folder import claim_run_folder, resume_point
 from ..training.measure import Setup, random_unit
 from .embed import check_tower, embed_folder, load_towers
 

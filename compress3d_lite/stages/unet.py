@@ -24,16 +24,8 @@ from ..data.dataset import drawn_view
 from ..diffusion import DiffusionConfig, make_scheduler
 from ..models.image_tower import fingerprint
 from ..models.triplane_unet import TriplaneUNet, UNetConfig
-from ..training.loop import (
-    Objective,
-    TrainConfig,
-    TrainingError,
-    cached_tensors,
-    claim_run_folder,
-    fit,
-    make_accelerator,
-    resume_point,
-)
+from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator
+from ..training.run_folder import TrainingError, claim_run_folder, resume_point
 from ..training.measure import Setup, random_unit, without_checkpointing
 from .embed import embed_folder, embed_preset, load_towers
 from .vae import encode_latents, latent_stats, load_vae, vae_preset
@@ -238,3 +230,17 @@ def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None
     notes = [f"latent {'x'.join(map(str, shape))}, channels {tuple(ucfg.channels)}, "
              f"{ucfg.blocks_per_level} blocks per level, cross-attention at levels {tuple(ucfg.attn_levels)}"]
     return Setup(model, unet_step, batch, p.train, {"UNet": unet}, TriplaneUNet.checkpointed, on, 1, notes)
+
+
+def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
+    """Guidance scales must be numbers in -GUIDANCE_BOUND..GUIDANCE_BOUND (None: the checkpoint's
+    default); a TypeError or ValueError naming the argument otherwise."""
+    import math
+
+    for name, g in (("image_guidance_scale", image_guidance_scale), ("shape_guidance_scale", shape_guidance_scale)):
+        if g is None:
+            continue
+        if isinstance(g, bool) or not isinstance(g, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(g).__name__} {g!r:.40}")
+        if not math.isfinite(g) or abs(g) > GUIDANCE_BOUND:
+            raise ValueError(f"{name} must be a finite number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, got {g}")

@@ -28,15 +28,8 @@ from ..data.mesh_import import import_mesh
 from ..mesh import MAX_MESH_RES, MESH_FORMATS, MeshingError, extract_mesh, save_mesh
 from ..models.autoencoder import AEConfig, TriplaneVAE
 from ..samples import shipped_checkpoint
-from ..training.loop import (
-    TrainConfig,
-    claim_run_folder,
-    data_config,
-    fit,
-    make_accelerator,
-    prepare_data,
-    resume_point,
-)
+from ..training.loop import TrainConfig, fit, make_accelerator
+from ..training.run_folder import claim_run_folder, data_config, prepare_data, resume_point
 from ..training.measure import Setup, random_points, without_checkpointing
 
 KIND = TriplaneVAE.kind
@@ -247,7 +240,7 @@ def reconstruct(input_path, output, ckpt=None, res: int = 128, seed: int = 0, pr
                                f"(supported: {', '.join(MESH_FORMATS)})")
     if not 8 <= res <= MAX_MESH_RES:
         raise ReconstructError(f"--res must be in 8..{MAX_MESH_RES}, got {res}")
-    prepare_output_file(output, overwrite)  # OutputError before any work: exists, a folder, not writable
+    prepare_output_file(output, overwrite, inputs=[input_path])  # before any work: exists, a folder, the input
     timings = {}
     t = time.perf_counter()
     model, cfg = load_vae(ckpt, preset=preset)
