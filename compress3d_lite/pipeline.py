@@ -347,10 +347,8 @@ class Compress3DPipeline:
         check_count("batch_size", batch_size, 1)
         self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
                             sampler=sampler)
-        out = prepare_output_folder(out_dir)
-        names = mesh_names(images)
-        created = not out.exists()
-        prepare_output_folder(out, create=True)
+        names, created = mesh_names(images), not Path(out_dir).exists()
+        out = prepare_output_folder(out_dir, create=True)
         with output_lock(out, "generate"):
             earlier = out / "generate.json"
             clashes = [p for p in [earlier] + [out / f"{n}.{format}" for n in names] if p.exists()]
@@ -402,7 +400,8 @@ class Compress3DPipeline:
                 try:
                     mesh_path = save_mesh(mesh, out / f"{names[i]}.{format}")
                 except OSError as e:  # a full disk, a quota: this mesh is lost, the others may still fit
-                    fail(i, path, f"{out / f'{names[i]}.{format}'}: could not be written ({e.strerror or e})")
+                    fail(i, path, f"{out / f'{names[i]}.{format}'}: could not be written ({e.strerror or e}); "
+                                  f"the mesh of {path} is lost, the other images go on")
                     continue
                 report["images"][i] = {"image": str(path), "mesh": str(mesh_path), "n_vertices": len(mesh.vertices),
                                        "n_faces": len(mesh.faces), "timings": per_image, "batch": len(chunk)}
