@@ -186,7 +186,7 @@ def read_config(path) -> dict:
     return cfg
 
 
-SECTIONS = ("model", "train", "data", "diffusion", "latent_stats", "guidance", "vae")  # each a JSON object
+SECTIONS = ("model", "train", "diffusion", "latent_stats", "guidance")  # each a JSON object where present
 
 
 def read_weights(path, name: str = "model.safetensors") -> dict:
