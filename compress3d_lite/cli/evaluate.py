@@ -75,8 +75,10 @@ def cmd_evaluate_diagnose(args):
     from ..evaluation.diagnose import diagnose_generate, format_rows
 
     json_path_arg(args, min_n=2)
+    if args.n_train is not None and args.n_train < 2:
+        raise CLIError(f"--n-train must be >= 2, got {args.n_train}")
     report = diagnose_generate(args.pipeline, split=args.split, n=args.n, seed=args.seed, res=args.res,
-                               samplers=args.samplers)
+                               samplers=args.samplers, bounds_cache=args.bounds, n_train=args.n_train)
     print(f"evaluate diagnose: pipeline {args.pipeline}")
     print(format_rows(report))
     _write(report, args)
@@ -191,6 +193,11 @@ def add_parsers(sub) -> None:
                                          "(true shape embedding, true latent noised halfway, ...); val split")
     split_n_seed(evd, "val")
     evd.add_argument("--samplers", action="store_true", help="also the sampler rows (DDIM 50, DPM-Solver++ 15)")
+    evd.add_argument("--bounds", default=None, metavar="DIR",
+                     help="also the bounds (retrieval, regression, the UNet's loss per noise band); the UNet's "
+                          "training objects are regenerated once into DIR")
+    evd.add_argument("--n-train", type=int, default=None,
+                     help="with --bounds: training objects to use (default: as many as the UNet trained on)")
     evd.set_defaults(func=cmd_evaluate_diagnose)
 
     evs = ev.add_parser("sweep", help="choose guidance scales, sampler and steps on the val split")

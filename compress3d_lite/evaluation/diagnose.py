@@ -17,6 +17,8 @@ loss of the part that differs:
     128 px view          the input rendered at 128 px (the tower still resizes to its own size)
     sampler rows         more steps or another sampler, the same model (``--samplers``; the
                          sweep below measures them for its best guidance pair)
+    bound rows           retrieval and regression from the embeddings, and the UNet's loss per
+                         noise band (``--bounds DIR``; evaluation/bounds.py)
 
 **Sweep.** The guidance pair (first pass, with the first sampler) and then the sampler / step count
 (second pass, with the best pair) are chosen by median IoU on the val split, with category accuracy
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import time
 
+from .bounds import bounds, format_bands
 from .generate import Variant, format_summaries, make_bench, run_variant, settings_of
 from .report import clean
 from .test_set import SPLITS
@@ -64,12 +67,19 @@ def _run(bench, variants, seed, res, progress, label) -> dict:
 
 
 def diagnose_generate(pipeline="course", split: str = "val", n: int = 56, seed: int = 0, res: int = 64,
-                      device: str | None = None, variants=None, progress: bool = True, samplers: bool = False) -> dict:
+                      device: str | None = None, variants=None, progress: bool = True, samplers: bool = False,
+                      bounds_cache=None, n_train: int | None = None, regression_steps: int = 1500) -> dict:
     """The diagnosis table (module docstring) as a report: one row per variant (``DIAGNOSIS``, and
-    ``SAMPLER_ROWS`` with ``samplers``; or the ``variants`` given)."""
+    ``SAMPLER_ROWS`` with ``samplers``; or the ``variants`` given). ``bounds_cache``: also the
+    bound rows and the UNet's loss per noise band (``bounds.py``), its training objects kept there."""
     bench = make_bench(pipeline, split, n, device)
-    return clean(_run(bench, variants or DIAGNOSIS + (SAMPLER_ROWS if samplers else []), seed, res, progress,
-                      "diagnose"))
+    report = _run(bench, variants or DIAGNOSIS + (SAMPLER_ROWS if samplers else []), seed, res, progress, "diagnose")
+    if bounds_cache is not None:
+        b = bounds(bench, bounds_cache, seed, res, n_train, regression_steps, progress)
+        report["rows"] += [{**row, "settings": {}} for row in b.pop("rows")]
+        report["bounds"] = b
+        report["seconds"] += b["seconds"]
+    return clean(report)
 
 
 GUIDANCE_GRID = tuple((gi, gs) for gi in (1, 2, 3, 5) for gs in (1, 2, 3))
@@ -148,4 +158,5 @@ def format_rows(report: dict, categories: bool = True) -> str:
             f"{report['sample_seed']}, {report['seconds']:.0f} s")
     table = format_summaries([(r["name"], r["summary"]) for r in report["rows"]], categories)
     best = f"\nbest: {report['best']}" if "best" in report else ""
-    return f"{head}\n{table}{best}"
+    bands = f"\n{format_bands(report['bounds']['bands'])}" if "bounds" in report else ""
+    return f"{head}\n{table}{best}{bands}"
