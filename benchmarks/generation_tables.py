@@ -3,7 +3,7 @@ docs/stages.md show them.
 
     python benchmarks/generation_tables.py            # every table whose JSON is there
 
-The JSON files come from (2 CPU cores; the minutes are measured wall times):
+The JSON files come from (2 CPU cores; add --overwrite to replace a file that is there):
 
     compress3d-lite evaluate diagnose --pipeline course_v1 --samplers --json benchmarks/results/diagnose_course_v1_val.json
     compress3d-lite evaluate diagnose --pipeline course --json benchmarks/results/diagnose_course_val.json
@@ -11,6 +11,8 @@ The JSON files come from (2 CPU cores; the minutes are measured wall times):
         --apply --json benchmarks/results/sweep_course_val.json
     compress3d-lite evaluate generate --pipeline course_v1 --split test --json benchmarks/results/generate_course_v1_test.json
     compress3d-lite evaluate generate --pipeline course --split test --json benchmarks/results/generate_course_test.json
+    compress3d-lite evaluate diagnose --pipeline course --bounds runs/bounds \
+        --json benchmarks/results/diagnose_bounds_course_val.json          # 7.6 min, the bounds' objects included
 """
 
 import json
