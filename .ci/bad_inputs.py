@@ -743,7 +743,7 @@ CASES = [
     ("UNet latent_stats of the wrong length", pipeline_with(set_in(["latent_stats", "mean"], [0.0, 0.0])), 2,
      no_out_folder),
     ("UNet guidance not a number", pipeline_with(set_in(["guidance", "image"], "strong")), 2, no_out_folder),
-    ("UNet config: unknown sampler", pipeline_with(set_in(["diffusion", "sampler"], "euler")), 2, no_out_folder),
+    ("UNet config: unknown sampler", pipeline_with(set_in(["diffusion", "sampler"], "heun")), 2, no_out_folder),
     ("UNet config.json a list", pipeline_with(lambda cfg: [cfg]), 2, no_out_folder),
     ("UNet heads that do not divide the channels", pipeline_with(set_in(["model", "heads"], 3)), 2, no_out_folder),
     ("UNet config: sample_steps 0", pipeline_with(set_in(["diffusion", "sample_steps"], 0)), 2,

@@ -1,19 +1,27 @@
 """The diffusion objective and sampling loop around diffusers' schedulers, shared by the
-diffusion prior (stage 3) and the triplane diffusion (stage 4).
+diffusion prior (stage 3) and the triplane diffusion (stage 4). Two objectives
+(``DiffusionConfig.objective``) run through the same four functions (``make_scheduler``,
+``draw_timesteps``, ``noisy``, ``target_for``) and the same ``sample`` loop:
 
-Forward process (DDPM): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I), with the
-cosine schedule (``squaredcos_cap_v2``) over T = 1000 steps. The network's target depends on the
-parametrisation (``DiffusionConfig.prediction_type``):
+**DDPM** (``"ddpm"``): x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, eps ~ N(0, I), integer t
+in [0, T) over the cosine schedule (``squaredcos_cap_v2``), T = 1000. The network's target is
+the parametrisation's (``prediction_type``):
 
     prior  "sample":        target x_0, L1 loss (the paper's prior, docs/paper.md §4)
     UNet   "v_prediction":  target v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, MSE (our choice, §5)
 
+**Rectified flow** (``"rectified_flow"``): x_t = (1 - s) x_0 + s eps with s = t / T in (0, 1),
+a straight path from the data to the noise; the target is its velocity eps - x_0, whatever
+``prediction_type`` says; sampled with diffusers' ``FlowMatchEulerDiscreteScheduler`` ("euler").
+
     L = E_{x_0, t, eps} || f(x_t, t, cond) - target ||             (L1, or squared with ``loss="l2"``)
 
-Sampling starts from x_T ~ N(0, I) and walks down a few timesteps with DDIM (deterministic,
-eta = 0), DPM-Solver++ or ancestral DDPM. The caller supplies ``denoise(x_t, t)`` (the model's
-output under its parametrisation), so guidance (single or dual) stays with the model that knows
-its conditions.
+Training timesteps (``timesteps``) are uniform, or logit-normal (s = sigmoid(n), n ~ N(mean,
+std)): a mean above 0 spends more of the samples near the noise, where the coarse structure is
+decided. Sampling starts from x_T ~ N(0, I) and walks down a few timesteps with DDIM
+(deterministic, eta = 0), DPM-Solver++, ancestral DDPM or the flow's Euler steps. The caller
+supplies ``denoise(x_t, t)`` (the model's output under its parametrisation), so guidance (single
+or dual) stays with the model that knows its conditions.
 """
 
 from __future__ import annotations
@@ -33,25 +41,37 @@ class DiffusionConfig(Config):
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
     prediction_type: str = "sample"  # the model predicts x0 (docs/paper.md §4: "output: the clean e_s")
-    sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"
+    sampler: str = "ddim"  # "ddim", "dpm" (DPM-Solver++) or "ddpm"; "euler" for rectified flow
     sample_steps: int = 25
+    objective: str = "ddpm"  # "ddpm" or "rectified_flow" (module docstring)
+    timesteps: str = "uniform"  # training timesteps: "uniform" or "logit_normal"
+    logit_mean: float = 0.0  # logit-normal: > 0 biases the training samples toward the noise
+    logit_std: float = 1.0
 
     def __post_init__(self):
         """Refuse (ConfigError naming the field) a schedule or sampler we cannot build, so that a bad
         checkpoint config fails when it is loaded rather than after a diffusion run."""
-        choices = {"sampler": SAMPLERS, "prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
+        choices = {"sampler": SAMPLERS, "prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES,
+                   "objective": OBJECTIVES, "timesteps": TIMESTEPS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"diffusion.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 1 <= self.train_timesteps <= 100_000:
             raise ConfigError(f"diffusion.train_timesteps must be in 1..100000, got {self.train_timesteps}")
+        if (self.objective == "rectified_flow") != (self.sampler == "euler"):
+            raise ConfigError(f"diffusion.sampler {self.sampler!r} does not sample the objective {self.objective!r} "
+                              "(rectified flow samples with euler; ddpm with ddim, dpm or ddpm)")
+        if not self.logit_std > 0:
+            raise ConfigError(f"diffusion.logit_std must be > 0, got {self.logit_std}")
         if not 1 <= self.sample_steps <= self.train_timesteps:
             raise ConfigError(f"diffusion.sample_steps must be in 1..{self.train_timesteps} (the steps of the noise "
                               f"schedule), got {self.sample_steps}")
 
 
-SAMPLERS = ("ddim", "dpm", "ddpm")
+SAMPLERS = ("ddim", "dpm", "ddpm", "euler")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+OBJECTIVES = ("ddpm", "rectified_flow")
+TIMESTEPS = ("uniform", "logit_normal")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
@@ -59,25 +79,67 @@ def make_scheduler(cfg, sampler: str | None = "ddpm"):
     """A diffusers scheduler for ``cfg`` (a DiffusionConfig): "ddpm" (training and
     ancestral sampling), "ddim" or "dpm" (DPM-Solver++ multistep). No clipping of x_0: our data
     (scaled embeddings, normalised latents) is not confined to [-1, 1]."""
+    draws = {"c3d_objective": cfg.objective, "c3d_timesteps": cfg.timesteps, "c3d_logit_mean": cfg.logit_mean,
+             "c3d_logit_std": cfg.logit_std}  # what draw_timesteps, noisy and target_for read back
+    if cfg.objective == "rectified_flow":
+        if sampler not in (None, "ddpm", "euler"):  # "ddpm": the training scheduler of every stage
+            raise ValueError(f"sampler {sampler!r} does not sample rectified flow; use euler")
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.train_timesteps, shift=1.0)
+        flow.register_to_config(**draws)
+        return flow
     from diffusers import DDPMScheduler  # each scheduler imported when asked for: DPM-Solver++ pulls in scipy.stats
 
     ddpm = DDPMScheduler(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule,
                          prediction_type=cfg.prediction_type, clip_sample=False)
     if sampler in (None, "ddpm"):
-        return ddpm
-    if sampler == "ddim":
+        chosen = ddpm
+    elif sampler == "ddim":
         from diffusers import DDIMScheduler
 
-        return DDIMScheduler.from_config(ddpm.config)
-    if sampler == "dpm":
+        chosen = DDIMScheduler.from_config(ddpm.config)
+    elif sampler == "dpm":
         from diffusers import DPMSolverMultistepScheduler
 
-        return DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++")
-    raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        chosen = DPMSolverMultistepScheduler.from_config(ddpm.config, algorithm_type="dpmsolver++")
+    else:
+        raise ValueError(f"sampler {sampler!r} does not sample the ddpm objective; choose from ddim, dpm, ddpm")
+    chosen.register_to_config(**draws)
+    return chosen
+
+
+def is_flow(scheduler) -> bool:
+    return scheduler.config.get("c3d_objective", "ddpm") == "rectified_flow"
+
+
+def draw_timesteps(scheduler, n: int, device="cpu") -> torch.Tensor:
+    """(n,) training timesteps: uniform or logit-normal over the schedule; integers in [0, T) for
+    DDPM, floats t = s * T with s in (0, 1) for rectified flow."""
+    cfg, T = scheduler.config, scheduler.config.num_train_timesteps
+    if cfg.get("c3d_timesteps", "uniform") == "logit_normal":
+        u = torch.sigmoid(torch.randn(n) * cfg["c3d_logit_std"] + cfg["c3d_logit_mean"])
+    elif not is_flow(scheduler):
+        return torch.randint(0, T, (n,), device=device)  # uniform DDPM, as every shipped model was trained
+    else:
+        u = torch.rand(n)
+    u = u.to(device)
+    return u * T if is_flow(scheduler) else (u * T).long().clamp_max(T - 1)
+
+
+def noisy(scheduler, x0, noise, t) -> torch.Tensor:
+    """x_t of the forward process at timesteps t (B,)."""
+    if is_flow(scheduler):
+        s = (t.float() / scheduler.config.num_train_timesteps).view(-1, *[1] * (x0.dim() - 1))
+        return (1 - s) * x0 + s * noise
+    return scheduler.add_noise(x0, noise, t)
 
 
 def target_for(scheduler, x0, noise, timesteps):
-    """What the network is trained to output under the scheduler's parametrisation."""
+    """What the network is trained to output: the flow's velocity eps - x0, or the DDPM
+    parametrisation's target."""
+    if is_flow(scheduler):
+        return noise - x0
     kind = scheduler.config.prediction_type
     if kind == "sample":
         return x0
@@ -93,11 +155,25 @@ def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> to
     (B, ...): a random t per sample, noise, the network's prediction, L1 (or L2) to the target.
     ``denoise(x_t, t)`` is the network with its conditions bound."""
     noise = torch.randn_like(x0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
-    x_t = scheduler.add_noise(x0, noise, t)
+    t = draw_timesteps(scheduler, x0.shape[0], x0.device)
+    x_t = noisy(scheduler, x0, noise, t)
     pred = denoise(x_t, t)
     target = target_for(scheduler, x0, noise, t)
     return F.l1_loss(pred, target) if loss == "l1" else F.mse_loss(pred, target)
+
+
+def clean_estimate(scheduler, x_t, t, out) -> torch.Tensor:
+    """The model's estimate of x_0 from its output ``out`` at x_t: x_t - s v for the flow; for DDPM
+    by its parametrisation (DPM-Solver's steps do not return it, DDIM's and DDPM's do)."""
+    if is_flow(scheduler):
+        return x_t - float(t) / scheduler.config.num_train_timesteps * out
+    a = scheduler.alphas_cumprod.to(x_t.device)[int(t)]
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out
+    if kind == "epsilon":
+        return (x_t - (1 - a).sqrt() * out) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * out  # v-prediction
 
 
 @torch.no_grad()
@@ -121,24 +197,27 @@ def sample(denoise, shape, cfg, steps: int | None = None, sampler: str | None = 
     scheduler.set_timesteps(steps or cfg.sample_steps)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator)
-    x = x_T.to(device) * scheduler.init_noise_sigma
+    flow = is_flow(scheduler)
+    x = x_T.to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
     timesteps = scheduler.timesteps
     if x_start is not None and strength < 1.0:
         keep = max(1, round(strength * len(timesteps)))
         timesteps = timesteps[len(timesteps) - keep:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(len(scheduler.timesteps) - keep)
-        x = scheduler.add_noise(x_start.to(device), x_T.to(device), timesteps[:1])
+        x0, eps = x_start.to(device), x_T.to(device)
+        x = scheduler.scale_noise(x0, timesteps[:1], eps) if flow else scheduler.add_noise(x0, eps, timesteps[:1])
     if progress is not None and not progress.get("disable"):
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, **{"desc": "denoise", "leave": False, **progress})
     for i, t in enumerate(timesteps):
-        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-        out = denoise(scheduler.scale_model_input(x, t), tt)
+        tt = torch.full((shape[0],), float(t), device=device) if flow else \
+            torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        out = denoise(x if flow else scheduler.scale_model_input(x, t), tt)
         step = scheduler.step(out, t, x, generator=generator)
         if callback is not None:
             x0 = getattr(step, "pred_original_sample", None)
-            callback(i, int(t), x, x0 if x0 is not None else out)
+            callback(i, int(t), x, x0 if x0 is not None else clean_estimate(scheduler, x, t, out))
         x = step.prev_sample
     return x

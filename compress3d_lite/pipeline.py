@@ -325,8 +325,9 @@ class Compress3DPipeline:
             check_count("prior_steps", prior_steps, 1, self.prior.diffusion_cfg.train_timesteps)
         check_mesh_resolution(mesh_resolution)
         check_guidance(image_guidance_scale, shape_guidance_scale)
-        if sampler is not None and sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        objective = self.unet.diffusion_cfg.objective  # rectified flow samples with euler only
+        if sampler is not None and (sampler not in SAMPLERS or (objective == "rectified_flow") != (sampler == "euler")):
+            raise ValueError(f"sampler {sampler!r} does not sample this UNet's {objective} objective")
 
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,

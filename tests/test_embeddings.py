@@ -135,7 +135,7 @@ def test_same_seed_same_samples_and_unknown_sampler():
     assert a.shape == (4, 8)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(4))
-    with pytest.raises(ValueError, match="unknown sampler"):
+    with pytest.raises(ValueError, match="does not sample the ddpm objective"):
         prior.sample(e_i, sampler="euler")
 
 

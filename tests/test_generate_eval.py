@@ -69,7 +69,7 @@ def test_best_row_rule():
 
 def test_parse_samplers():
     assert parse_samplers("ddim:25, dpm:10") == [("ddim", 25), ("dpm", 10)]
-    for bad in ("ddim", "euler:10", "dpm:0", ""):
+    for bad in ("ddim", "heun:10", "dpm:0", ""):
         with pytest.raises(ValueError, match="--samplers"):
             parse_samplers(bad)
 
@@ -107,7 +107,7 @@ def test_evaluate_generate_cli_reports_near_surface_and_categories(tmp_path, cap
 def test_sweep_cli_refuses_to_choose_on_test(capsys):
     assert main(["evaluate", "sweep", "--split", "test", "--apply", "--n", "2"]) == 2
     assert "never on test" in capsys.readouterr().err
-    assert main(["evaluate", "sweep", "--samplers", "euler:5", "--n", "2"]) == 2
+    assert main(["evaluate", "sweep", "--samplers", "heun:5", "--n", "2"]) == 2
     assert "--samplers" in capsys.readouterr().err
 
 

@@ -177,7 +177,7 @@ def _unet(tmp_path, path, value):
     (["latent_stats", "std"], [0.0] * 8, "latent_stats.std must be positive"),
     (["guidance", "image"], "strong", "guidance.image must be a number"),
     (["guidance", "shape"], 1e308, "guidance.shape must be a number in -100..100"),
-    (["diffusion", "sampler"], "euler", "diffusion.sampler must be one of ddim, dpm, ddpm"),
+    (["diffusion", "sampler"], "heun", "diffusion.sampler must be one of ddim, dpm, ddpm, euler"),
     (["diffusion", "sample_steps"], 0, "diffusion.sample_steps must be in 1..1000"),
     (["model", "heads"], 3, "bad TriplaneUNet config"),
 ])
@@ -221,7 +221,7 @@ def no_diffusion(pipe, monkeypatch):
     ({"mesh_resolution": 4}, ValueError, "mesh_resolution must be in 8..1024"),
     ({"image_guidance_scale": "3"}, TypeError, "image_guidance_scale must be a number"),
     ({"shape_guidance_scale": 1e9}, ValueError, "shape_guidance_scale must be a finite number in -100..100"),
-    ({"sampler": "euler"}, ValueError, "sampler must be one of"),
+    ({"sampler": "euler"}, ValueError, "sampler .euler. does not sample this UNet.s ddpm objective"),
     ({"prior_steps": 0}, ValueError, "prior_steps must be in 1.."),
 ])
 def test_pipeline_call_checks_its_arguments_first(no_diffusion, kwargs, error, needle):

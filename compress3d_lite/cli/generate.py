@@ -113,8 +113,9 @@ def add_parsers(sub) -> None:
                    help="mesh file format, all with vertex colours (default %(default)s)")
     g.add_argument("--steps", type=int, default=None,
                    help="sampler steps of the triplane diffusion (default: the checkpoint's, course: 25)")
-    g.add_argument("--sampler", default=None, choices=["ddim", "dpm"],
-                   help="ddim or dpm (DPM-Solver++) (default: the checkpoint's, course: ddim)")
+    g.add_argument("--sampler", default=None, choices=["ddim", "dpm", "euler"],
+                   help="ddim or dpm (DPM-Solver++) for a DDPM UNet, euler for a rectified-flow one "
+                        "(default: the checkpoint's)")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of the noise; image i of the list uses seed + i (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=8,

@@ -121,9 +121,9 @@ def parse_samplers(text: str) -> list:
     out = []
     for part in (t.strip() for t in text.split(",") if t.strip()):
         name, _, steps = part.partition(":")
-        if name not in ("ddim", "dpm") or not steps.isdigit() or int(steps) < 1:
+        if name not in ("ddim", "dpm", "euler") or not steps.isdigit() or int(steps) < 1:
             raise ValueError(f"--samplers {text!r}: expected SAMPLER:STEPS pairs, e.g. ddim:25,dpm:10 "
-                             "(samplers ddim, dpm)")
+                             "(samplers ddim, dpm; euler for a rectified-flow UNet)")
         out.append((name, int(steps)))
     if not out:
         raise ValueError("--samplers: give at least one SAMPLER:STEPS")
