@@ -58,7 +58,7 @@ class DiffusionConfig(Config):
                 raise ConfigError(f"diffusion.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 1 <= self.train_timesteps <= 100_000:
             raise ConfigError(f"diffusion.train_timesteps must be in 1..100000, got {self.train_timesteps}")
-        if (self.objective == "rectified_flow") != (self.sampler == "euler"):
+        if not sampler_fits(self.objective, self.sampler):
             raise ConfigError(f"diffusion.sampler {self.sampler!r} does not sample the objective {self.objective!r} "
                               "(rectified flow samples with euler; ddpm with ddim, dpm or ddpm)")
         if not self.logit_std > 0:
@@ -73,6 +73,11 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 OBJECTIVES = ("ddpm", "rectified_flow")
 TIMESTEPS = ("uniform", "logit_normal")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def sampler_fits(objective: str, sampler: str) -> bool:
+    """Rectified flow samples with euler only; DDPM with ddim, dpm or ddpm."""
+    return sampler in SAMPLERS and (objective == "rectified_flow") == (sampler == "euler")
 
 
 def make_scheduler(cfg, sampler: str | None = "ddpm"):

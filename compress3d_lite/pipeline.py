@@ -40,8 +40,8 @@ import torch
 from .checkpoint import CheckpointError, resolve_folder
 from .config import check_count, pick_device
 from .data.images import ImageError, load_image
-from .data.io import OutputError, atomic_write_bytes, output_lock, prepare_output_folder
-from .diffusion import SAMPLERS, make_scheduler, sample
+from .data.io import OutputError, atomic_write_bytes, writing_into
+from .diffusion import make_scheduler, sample, sampler_fits
 from .mesh import (
     MESH_FORMATS,
     MeshingError,
@@ -257,7 +257,8 @@ class Compress3DPipeline:
             return self.unet.guided(x, t, e_i, e_s, gi, gs, use_shape=use_prior)
 
         steps = self.steps if num_inference_steps is None else num_inference_steps
-        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, steps, sampler, generators[0], self.device, x_T=self._noise(generators, shape), callback=callback,
+        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, steps, sampler, generators[0],
+                      self.device, x_T=self._noise(generators, shape), callback=callback,
                       scheduler=self._samplers[f"unet {sampler}"], x_start=x_start, strength=strength,
                       progress={**self._progress, "disable": self._progress.get("disable") or not progress})
 
@@ -325,8 +326,8 @@ class Compress3DPipeline:
             check_count("prior_steps", prior_steps, 1, self.prior.diffusion_cfg.train_timesteps)
         check_mesh_resolution(mesh_resolution)
         check_guidance(image_guidance_scale, shape_guidance_scale)
-        objective = self.unet.diffusion_cfg.objective  # rectified flow samples with euler only
-        if sampler is not None and (sampler not in SAMPLERS or (objective == "rectified_flow") != (sampler == "euler")):
+        objective = self.unet.diffusion_cfg.objective
+        if sampler is not None and not sampler_fits(objective, sampler):
             raise ValueError(f"sampler {sampler!r} does not sample this UNet's {objective} objective")
 
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
@@ -342,15 +343,14 @@ class Compress3DPipeline:
         when every image failed. ``about``: entries put first in the report. Returns the report
         (``report["n_failed"]`` counts failures). Before any computation the arguments are checked
         and a folder holding an earlier run's results is refused unless ``overwrite``, which first
-        removes that run's meshes; one run writes into a folder at a time (``data.io.output_lock``)."""
+        removes that run's meshes; one run writes into a folder at a time (``data.io.writing_into``)."""
         if f".{format}" not in MESH_FORMATS:
             raise ValueError(f"format must be one of {', '.join(f[1:] for f in MESH_FORMATS)}, got {format!r}")
         check_count("batch_size", batch_size, 1)
         self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
                             sampler=sampler)
-        names, created = mesh_names(images), not Path(out_dir).exists()
-        out = prepare_output_folder(out_dir, create=True)
-        with output_lock(out, "generate"):
+        names = mesh_names(images)
+        with writing_into(out_dir, "generate") as out:  # every image failed: no empty folder is left
             earlier = out / "generate.json"
             clashes = [p for p in [earlier] + [out / f"{n}.{format}" for n in names] if p.exists()]
             if clashes and not overwrite:
@@ -362,8 +362,6 @@ class Compress3DPipeline:
             report = self._generate_files(images, out, names, format, num_inference_steps, seed, use_prior,
                                           mesh_resolution, image_guidance_scale, shape_guidance_scale, batch_size,
                                           about, log, sampler or self.sampler)
-        if created and not any(out.iterdir()):  # every image failed: leave no empty folder behind
-            out.rmdir()
         return report
 
     def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,

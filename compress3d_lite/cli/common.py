@@ -77,15 +77,9 @@ def spec_from_args(args):
 
 def json_path_arg(args, min_n: int = 2) -> None:
     """``--json`` must not be a folder, nor an existing file unless ``--overwrite``; ``--n`` at least ``min_n``."""
-    if args.json:
-        output_file_arg(args.json, getattr(args, "overwrite", False))
-    if args.n < min_n:
-        raise CLIError(f"--n must be >= {min_n}")
-
-
-def output_file_arg(path, overwrite: bool = False, inputs=()) -> None:
-    """An output file named on the command line: not a folder, not one of ``inputs``, not an
-    existing file unless ``overwrite``, in a writable folder -- checked before any work is done."""
     from ..data.io import prepare_output_file
 
-    prepare_output_file(path, overwrite, inputs)
+    if args.json:
+        prepare_output_file(args.json, getattr(args, "overwrite", False))
+    if args.n < min_n:
+        raise CLIError(f"--n must be >= {min_n}")

@@ -3,34 +3,17 @@ Objaverse, the quality filter, our sample meshes)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
 from pathlib import Path
 
-from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, output_file_arg, spec_from_args
-
-
-@contextlib.contextmanager
-def data_folder(out):
-    """One data command writes into ``out`` at a time (``out/.data.lock``, naming the holder's pid;
-    a killed holder's lock is taken over); a folder created here and left empty is removed."""
-    from ..data.io import output_lock, prepare_output_folder
-
-    out = Path(out)
-    created = not out.exists()
-    prepare_output_folder(out, create=True)
-    try:
-        with output_lock(out, "data", what="data command"):
-            yield out
-    finally:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, spec_from_args
 
 
 def cmd_toyshapes(args):
     from ..data.render import ray_backend
+    from ..data.io import writing_into
     from ..data.toyshapes import write_toyshapes
 
     if args.n < 1:
@@ -39,7 +22,7 @@ def cmd_toyshapes(args):
     print(f"toyshapes: {args.n} objects, seed {args.seed}, {spec.views} views at {spec.resolution}px, "
           f"ray caster: {ray_backend()}, {args.workers} worker(s)")
     t0 = time.time()
-    with data_folder(args.out):
+    with writing_into(args.out, "data", what="data command"):
         write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png, start=args.start)
     dt = time.time() - t0
     print(f"wrote {args.n} objects to {args.out} in {dt:.1f} s ({args.n / dt:.1f} objects/s)")
@@ -47,10 +30,11 @@ def cmd_toyshapes(args):
 
 
 def cmd_import(args):
+    from ..data.io import writing_into
     from ..data.mesh_import import import_files
 
     spec = spec_from_args(args)
-    with data_folder(args.out):
+    with writing_into(args.out, "data", what="data command"):
         entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
     if entries:
         print(f"imported {len(entries)} object(s) into {args.out}")
@@ -121,10 +105,10 @@ def object_figures(obj: dict, title: str) -> list:
 
 def cmd_view(args):
     from .. import viz
-    from ..data.io import load_object
+    from ..data.io import load_object, prepare_output_file
 
     out = Path(args.output or Path(args.object).with_suffix(".html"))
-    output_file_arg(out, args.overwrite, inputs=[args.object])
+    prepare_output_file(out, args.overwrite, inputs=[args.object])
     obj = load_object(args.object)
     print(f"wrote {viz.save_html(object_figures(obj, Path(args.object).name), out)}")
     return 0

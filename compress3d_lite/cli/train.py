@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 from ..config import PRESET_NAMES
-from .common import CLIError, check_seed, group, output_file_arg
+from .common import CLIError, check_seed, group
 
 
 def _require(args, *names):
@@ -38,12 +37,13 @@ def _train_overrides(args) -> dict:
 
 def _dry_run(stage, args, **overrides):
     """``train STAGE --preset P --dry-run [--json FILE]`` (stages/dryrun.py)."""
+    from ..data.io import prepare_output_file
     from ..stages.dryrun import dry_run, format_dry_run, write_json
 
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
     if args.json:
-        output_file_arg(args.json, args.overwrite)
+        prepare_output_file(args.json, args.overwrite)
     try:
         report = dry_run(stage, args.preset, overrides=overrides)
     except ValueError as e:
@@ -59,25 +59,13 @@ def _main_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
-@contextlib.contextmanager
 def run_folder(out):
     """One training writes into ``out`` at a time: its main process holds ``out/.train.lock``
-    (another live holder is an error naming its pid; a killed one's lock is taken over). A
-    folder this command created is removed again if the run fails before writing anything."""
-    from ..data.io import output_lock, prepare_output_folder
+    (``data.io.writing_into``: another live holder is an error naming its pid, a killed one's
+    lock is taken over, a folder created here and left empty by a failed run is removed)."""
+    from ..data.io import writing_into
 
-    out = Path(out)
-    if not _main_process():
-        yield out
-        return
-    created = not out.exists()
-    prepare_output_folder(out, create=True)
-    try:
-        with output_lock(out, "train", what="training"):
-            yield out
-    finally:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+    return writing_into(out, "train", what="training") if _main_process() else contextlib.nullcontext(out)
 
 
 def _train(train, args, **kwargs):

@@ -24,6 +24,7 @@ that is renamed into place only when complete (no half-written object is ever vi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -116,6 +117,22 @@ class output_lock:
     def __exit__(self, *exc):
         self.path.unlink(missing_ok=True)
         return False
+
+
+@contextlib.contextmanager
+def writing_into(folder, name: str, what: str | None = None):
+    """``with writing_into(out, "train"):`` -- create ``out`` if needed, hold its ``output_lock``
+    for the block, and remove the folder again if it was created here and is left empty (a
+    command that failed before writing anything leaves no trace). Yields the folder."""
+    folder = Path(folder)
+    created = not folder.exists()
+    prepare_output_folder(folder, create=True)
+    try:
+        with output_lock(folder, name, what):
+            yield folder
+    finally:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _alive(pid: int) -> bool:

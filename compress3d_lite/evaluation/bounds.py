@@ -30,7 +30,7 @@ from ..data.toyshapes import write_toyshapes
 from ..diffusion import make_scheduler, target_for
 from ..stages.embed import embed_folder
 from ..stages.vae import encode_latents
-from .generate import VIEW_RES, Bench, _view, measure_case, summarize, true_latents
+from .generate import VIEW_RES, Bench, _view, measure_latents, summary_line, true_latents
 
 N_BANDS = 10  # timestep bands of the per-band loss, each 1/N_BANDS of the schedule
 
@@ -130,10 +130,6 @@ def band_losses(bench: Bench, z: torch.Tensor, e_i: torch.Tensor, e_s: torch.Ten
     return out
 
 
-def measure_latents(bench: Bench, z: torch.Tensor, res: int) -> dict:
-    return summarize(bench, [measure_case(bench, k, z[k:k + 1], res) for k in range(len(bench.cases))])
-
-
 def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | None = None,
            regression_steps: int = 1500, progress: bool = True) -> dict:
     """The bound rows (module docstring) as {"rows": [{name, note, summary}], "bands": {...}}."""
@@ -149,12 +145,9 @@ def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | Non
          model(emb["e_i"].cpu(), emb["e_s prior"].cpu())),
         ("regression (true e_s)", "the same MLP with the true shape embedding", model(emb["e_i"].cpu(), emb["e_s true"].cpu())),
     ]:
-        rows.append({"name": name, "note": note, "summary": measure_latents(bench, z.to(bench.pipe.device), res)})
+        rows.append({"name": name, "note": note, "summary": measure_latents(bench, z.to(bench.pipe.device), res)[0]})
         if progress:
-            s = rows[-1]["summary"]
-            print(f"  bounds {name:24s} IoU {s['iou_median']:.3f}  near {s['iou_near_median']:.3f}  "
-                  f"category {s['category_acc']:.3f}  worst {s['worst_category']} {s['worst_category_iou']:.2f}",
-                  flush=True)
+            print(summary_line("bounds", name, rows[-1]["summary"]), flush=True)
     held_out = true_latents(bench, list(range(len(bench.cases)))).cpu()
     k = min(len(gallery["z"]), 4 * len(held_out))
     bands = {"train": band_losses(bench, gallery["z"][:k], gallery["e_i"][:k], gallery["e_s"][:k], seed),

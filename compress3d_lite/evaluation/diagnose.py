@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 
 from .bounds import bounds, format_bands
-from .generate import Variant, format_summaries, make_bench, run_variant, settings_of
+from .generate import Variant, format_summaries, make_bench, run_variant, settings_of, summary_line
 from .report import clean
 from .test_set import SPLITS
 
@@ -57,10 +57,7 @@ def _run(bench, variants, seed, res, progress, label) -> dict:
         summary, _ = run_variant(bench, v, seed, res)
         rows.append({"name": v.name, "note": v.note, "settings": settings_of(bench, v), "summary": summary})
         if progress:
-            s = summary
-            print(f"  {label} {v.name:24s} IoU {s['iou_median']:.3f}  near {s['iou_near_median']:.3f}  "
-                  f"category {s['category_acc']:.3f}  worst {s['worst_category']} {s['worst_category_iou']:.2f}",
-                  flush=True)
+            print(summary_line(label, v.name, summary), flush=True)
     return {"pipeline": str(bench.pipeline), "split": bench.split, "seed": SPLITS[bench.split],
             "n_objects": len(bench.cases), "sample_seed": seed, "mesh_res": res, "rows": rows,
             "seconds": time.perf_counter() - t0}

@@ -207,11 +207,23 @@ def summarize(bench: Bench, rows: list) -> dict:
             "worst_category": min(per_cat, key=per_cat.get), "n_failed": sum(1 for r in rows if "error" in r)}
 
 
+def measure_latents(bench: Bench, z: torch.Tensor, res: int = 64) -> tuple:
+    """(summary, per-case rows) of one normalised latent per case, z (n, 3, c', r', r')."""
+    rows = [measure_case(bench, k, z[k:k + 1], res) for k in range(len(bench.cases))]
+    return summarize(bench, rows), rows
+
+
+def summary_line(label: str, name: str, s: dict) -> str:
+    """One progress line of a table row: median IoU, near-surface IoU, category accuracy, worst category."""
+    return (f"  {label} {name:24s} IoU {s['iou_median']:.3f}  near {s['iou_near_median']:.3f}  "
+            f"category {s['category_acc']:.3f}  worst {s['worst_category']} {s['worst_category_iou']:.2f}")
+
+
 def run_variant(bench: Bench, v: Variant, seed: int = 0, res: int = 64, batch: int = 8) -> tuple:
     """(summary, per-case rows) of one variant."""
     z, seconds = generate_case_latents(bench, v, seed, batch)
-    rows = [measure_case(bench, k, z[k:k + 1], res) for k in range(len(bench.cases))]
-    return {**summarize(bench, rows), "seconds_per_image": seconds}, rows
+    summary, rows = measure_latents(bench, z, res)
+    return {**summary, "seconds_per_image": seconds}, rows
 
 
 def settings_of(bench: Bench, v: Variant) -> dict:

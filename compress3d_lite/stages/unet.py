@@ -201,8 +201,7 @@ def check_sampling_record(cfg: dict, channels: int, where) -> None:
     if min(stats["std"]) <= 0:
         raise CheckpointError(f"{where}: latent_stats.std must be positive, got {stats['std']}")
     for key, g in (cfg.get("guidance") or {}).items():
-        if key in ("image", "shape") and (not isinstance(g, (int, float)) or isinstance(g, bool)
-                                          or not math.isfinite(g) or abs(g) > GUIDANCE_BOUND):
+        if key in ("image", "shape") and guidance_problem(g):
             raise CheckpointError(f"{where}: guidance.{key} must be a number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, "
                                   f"got {g!r}")
 
@@ -232,15 +231,22 @@ def dry_run_setup(preset: str, meta: bool = False, overrides: dict | None = None
     return Setup(model, unet_step, batch, p.train, {"UNet": unet}, TriplaneUNet.checkpointed, on, 1, notes)
 
 
-def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
-    """Guidance scales must be numbers in -GUIDANCE_BOUND..GUIDANCE_BOUND (None: the checkpoint's
-    default); a TypeError or ValueError naming the argument otherwise."""
+def guidance_problem(g) -> str | None:
+    """What is wrong with a guidance scale: "type" (not a number), "range" (not finite, or
+    beyond GUIDANCE_BOUND), or None."""
     import math
 
+    if isinstance(g, bool) or not isinstance(g, (int, float)):
+        return "type"
+    return "range" if not math.isfinite(g) or abs(g) > GUIDANCE_BOUND else None
+
+
+def check_guidance(image_guidance_scale=None, shape_guidance_scale=None) -> None:
+    """Guidance scales given as arguments (None: the checkpoint's default) must pass
+    ``guidance_problem``; a TypeError or ValueError naming the argument otherwise."""
     for name, g in (("image_guidance_scale", image_guidance_scale), ("shape_guidance_scale", shape_guidance_scale)):
-        if g is None:
-            continue
-        if isinstance(g, bool) or not isinstance(g, (int, float)):
+        problem = None if g is None else guidance_problem(g)
+        if problem == "type":
             raise TypeError(f"{name} must be a number, got {type(g).__name__} {g!r:.40}")
-        if not math.isfinite(g) or abs(g) > GUIDANCE_BOUND:
+        if problem == "range":
             raise ValueError(f"{name} must be a finite number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, got {g}")

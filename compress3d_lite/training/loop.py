@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import read_config, read_weights, recover, write_checkpoint
+from ..checkpoint import read_config, read_weights, write_checkpoint
 from ..config import Config
 from .run_folder import TrainingError, check_same_data, failure_reason, is_write_failure, trim_log, what_to_run
 
