@@ -28,6 +28,12 @@ from dataclasses import asdict, dataclass, fields
 FAST_ENV = "C3D_FAST"
 HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (docs/design.md §2)
 PRESET_NAMES = ("lite", "course", "colab_t4", "a100_full")  # every stage has these four (docs/design.md §4)
+# the choices of diffusion.DiffusionConfig, here so that the CLI offers them without importing torch
+SAMPLERS = ("ddim", "dpm", "ddpm", "euler")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+OBJECTIVES = ("ddpm", "rectified_flow")
+TIMESTEPS = ("uniform", "logit_normal")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def fast_mode() -> bool:

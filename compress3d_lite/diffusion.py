@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import Config, ConfigError
+from .config import BETA_SCHEDULES, OBJECTIVES, PREDICTION_TYPES, SAMPLERS, TIMESTEPS, Config, ConfigError
 
 
 @dataclass
@@ -67,12 +67,6 @@ class DiffusionConfig(Config):
             raise ConfigError(f"diffusion.sample_steps must be in 1..{self.train_timesteps} (the steps of the noise "
                               f"schedule), got {self.sample_steps}")
 
-
-SAMPLERS = ("ddim", "dpm", "ddpm", "euler")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-OBJECTIVES = ("ddpm", "rectified_flow")
-TIMESTEPS = ("uniform", "logit_normal")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 
 def sampler_fits(objective: str, sampler: str) -> bool:

@@ -41,7 +41,7 @@ from .checkpoint import CheckpointError, resolve_folder
 from .config import check_count, pick_device
 from .data.images import ImageError, load_image
 from .data.io import OutputError, atomic_write_bytes, writing_into
-from .diffusion import make_scheduler, sample, sampler_fits
+from .diffusion import make_scheduler, sampler_fits
 from .mesh import (
     MESH_FORMATS,
     MeshingError,
@@ -240,27 +240,26 @@ class Compress3DPipeline:
     def sample_latents(self, e_i, e_s, num_inference_steps: int | None = None, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, generators=None, use_prior: bool = True,
                        callback=None, progress: bool = True, sampler: str | None = None,
-                       x_start: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
-        """Normalised latents (B, 3, c', r', r') for the embeddings, with dual guidance; scales, sampler
-        ("ddim", "dpm") and steps default to the checkpoint's. ``x_start`` (normalised latents) with
-        ``strength`` < 1: start from them noised partway (``diffusion.sample``)."""
-        gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
+                       x_start: torch.Tensor | None = None, strength: float = 1.0,
+                       guidance_interval: tuple | None = None, guidance_rescale: float | None = None) -> torch.Tensor:
+        """Normalised latents (B, 3, c', r', r') for the embeddings, with dual guidance
+        (``TriplaneUNet.sample``); scales, their noise interval and rescale, sampler and steps default
+        to the checkpoint's. ``x_start`` (normalised latents) with ``strength`` < 1: start from them
+        noised partway (``diffusion.sample``)."""
         sampler = sampler or self.sampler
         if f"unet {sampler}" not in self._samplers:
             self._samplers[f"unet {sampler}"] = make_scheduler(self.unet.diffusion_cfg, sampler)
-        cfg = self.unet.cfg
-        shape = (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
+        cfg, d = self.unet.cfg, self.default_guidance
         generators = generators or _generators(None, 0, e_i.shape[0])
-        e_s = e_s if e_s is not None else torch.zeros_like(e_i)
-
-        def denoise(x, t):
-            return self.unet.guided(x, t, e_i, e_s, gi, gs, use_shape=use_prior)
-
-        steps = self.steps if num_inference_steps is None else num_inference_steps
-        return sample(denoise, (e_i.shape[0], *shape), self.unet.diffusion_cfg, steps, sampler, generators[0],
-                      self.device, x_T=self._noise(generators, shape), callback=callback,
-                      scheduler=self._samplers[f"unet {sampler}"], x_start=x_start, strength=strength,
-                      progress={**self._progress, "disable": self._progress.get("disable") or not progress})
+        x_T = self._noise(generators, (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res))
+        return self.unet.sample(
+            e_i, e_s, self.guidance(image_guidance_scale, shape_guidance_scale), use_shape=use_prior,
+            interval=tuple(d.get("interval", (0.0, 1.0)) if guidance_interval is None else guidance_interval),
+            rescale=d.get("rescale", 0.0) if guidance_rescale is None else guidance_rescale,
+            steps=self.steps if num_inference_steps is None else num_inference_steps, sampler=sampler,
+            generator=generators[0], x_T=x_T, scheduler=self._samplers[f"unet {sampler}"], callback=callback,
+            progress={**self._progress, "disable": self._progress.get("disable") or not progress},
+            x_start=x_start, strength=strength)
 
     @torch.no_grad()
     def decode(self, z, mesh_resolution: int = 128) -> tuple:

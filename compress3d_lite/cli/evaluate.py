@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import SAMPLERS
 from .common import CLIError, group, json_path_arg
 
 SPLITS = ("train", "val", "test")
@@ -85,19 +86,31 @@ def cmd_evaluate_diagnose(args):
     return 0
 
 
+def parse_rescales(text: str) -> list:
+    """"0,0.7" -> [0.0, 0.7], each in [0, 1]."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise ValueError(f"--rescales {text!r}: expected numbers in [0, 1], e.g. 0,0.7")
+    return values
+
+
 def cmd_evaluate_sweep(args):
-    from ..evaluation.diagnose import apply_settings, format_rows, parse_samplers, sweep_generate
+    from ..evaluation.diagnose import apply_settings, format_rows, parse_intervals, parse_samplers, sweep_generate
     from ..evaluation.paper import parse_grid
 
     json_path_arg(args, min_n=2)
     try:
         grid, samplers = parse_grid(args.guidance_grid), parse_samplers(args.samplers)
+        intervals, rescales = parse_intervals(args.intervals), parse_rescales(args.rescales)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if args.apply and args.split == "test":
         raise CLIError("--apply chooses settings: run it on --split val (or train), never on test")
     report = sweep_generate(args.pipeline, split=args.split, n=args.n, seed=args.seed, res=args.res,
-                            guidance_grid=grid, samplers=samplers)
+                            guidance_grid=grid, samplers=samplers, intervals=intervals, rescales=rescales)
     print(f"evaluate sweep: pipeline {args.pipeline}")
     print(format_rows(report, categories=False))
     _write(report, args)
@@ -161,7 +174,7 @@ def add_parsers(sub) -> None:
     evp.add_argument("--prior", default=None, help="prior folder (default: the shipped course prior)")
     evp.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
     evp.add_argument("--steps", type=int, default=None, help="sampling steps (default: the prior's config)")
-    evp.add_argument("--sampler", default=None, choices=["ddim", "dpm", "ddpm"],
+    evp.add_argument("--sampler", default=None, choices=SAMPLERS,
                      help="diffusers scheduler for sampling (default: the prior's config)")
     evp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default %(default)s)")
     evp.set_defaults(func=cmd_evaluate_prior)
@@ -172,7 +185,7 @@ def add_parsers(sub) -> None:
     evg.add_argument("--n", type=int, default=56, help="objects, 4 per category at 56 (default %(default)s)")
     evg.add_argument("--res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
     evg.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
-    evg.add_argument("--sampler", default=None, choices=["ddim", "dpm"], help="default: the checkpoint's")
+    evg.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the checkpoint's")
     evg.add_argument("--guidance-image", type=float, default=None, help="image guidance scale (default: the checkpoint's)")
     evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
     evg.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
@@ -205,6 +218,11 @@ def add_parsers(sub) -> None:
     evs.add_argument("--guidance-grid", default="1,2,3,5x1,2,3", help="image scales x shape scales (default %(default)s)")
     evs.add_argument("--samplers", default="ddim:25,ddim:50,dpm:10,dpm:20",
                      help="sampler:steps, the first used for the guidance pass (default %(default)s)")
+    evs.add_argument("--intervals", default="0-1",
+                     help="noise levels t/T where guidance applies, LO-HI pairs tried with the best pair and "
+                          "sampler, e.g. 0-1,0-0.8,0.2-1 (default %(default)s: everywhere)")
+    evs.add_argument("--rescales", default="0",
+                     help="guidance rescale values in [0, 1] tried with each interval, e.g. 0,0.7 (default %(default)s)")
     evs.add_argument("--apply", action="store_true",
                      help="write the chosen settings into the pipeline's unet/config.json (a folder, not a preset)")
     evs.set_defaults(func=cmd_evaluate_sweep)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..config import SAMPLERS
 from .common import EXIT_BAD_INPUT, CLIError, as_flags, check_seed
 
 
@@ -113,7 +114,7 @@ def add_parsers(sub) -> None:
                    help="mesh file format, all with vertex colours (default %(default)s)")
     g.add_argument("--steps", type=int, default=None,
                    help="sampler steps of the triplane diffusion (default: the checkpoint's, course: 25)")
-    g.add_argument("--sampler", default=None, choices=["ddim", "dpm", "euler"],
+    g.add_argument("--sampler", default=None, choices=SAMPLERS,
                    help="ddim or dpm (DPM-Solver++) for a DDPM UNet, euler for a rectified-flow one "
                         "(default: the checkpoint's)")
     g.add_argument("--seed", type=int, default=0,

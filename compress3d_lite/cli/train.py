@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..config import PRESET_NAMES
+from ..config import OBJECTIVES, PRESET_NAMES, TIMESTEPS
 from .common import CLIError, check_seed, group
 
 
@@ -117,7 +117,21 @@ def cmd_train_diffusion(args):
     from ..stages.unet import train_unet
 
     return _train(train_unet, args, required=["out", "vae", "embed"], vae=args.vae, embed=args.embed,
-                  overrides=overrides)
+                  overrides=overrides, diffusion=_objective(args))
+
+
+def _objective(args) -> dict:
+    """DiffusionConfig fields from --objective / --timesteps / --logit-mean / --logit-std
+    (rectified flow samples with euler, so choosing it chooses the sampler too)."""
+    changes = {k: v for k, v in (("objective", args.objective), ("timesteps", args.timesteps),
+                                 ("logit_mean", args.logit_mean), ("logit_std", args.logit_std)) if v is not None}
+    if args.logit_std is not None and not args.logit_std > 0:
+        raise CLIError(f"--logit-std must be > 0, got {args.logit_std}")
+    if args.objective == "rectified_flow":
+        changes["sampler"] = "euler"
+    if (args.logit_mean is not None or args.logit_std is not None) and args.timesteps != "logit_normal":
+        raise CLIError("--logit-mean / --logit-std shape logit-normal timesteps: add --timesteps logit_normal")
+    return changes
 
 
 def _common(q, what: str) -> None:
@@ -186,4 +200,12 @@ def add_parsers(sub) -> None:
                     help="keep an exponential moving average of the weights with this decay, written as "
                          "ema.safetensors and used when loading (0: none; default: the preset's, 0.9999 at "
                          "colab_t4 / a100_full, none at lite / course)")
+    df.add_argument("--objective", default=None, choices=OBJECTIVES,
+                    help="ddpm (v-prediction on the cosine schedule, every shipped preset) or rectified_flow "
+                         "(straight paths, velocity target, euler sampler); docs/stages.md")
+    df.add_argument("--timesteps", default=None, choices=TIMESTEPS,
+                    help="training timesteps: uniform (the presets) or logit_normal")
+    df.add_argument("--logit-mean", type=float, default=None,
+                    help="logit-normal mean: above 0 spends more training samples near the noise (default 0)")
+    df.add_argument("--logit-std", type=float, default=None, help="logit-normal std (default 1)")
     df.set_defaults(func=cmd_train_diffusion)

@@ -21,6 +21,14 @@ measure, in the [-1, 1] data frame:
     image sim.    the generated mesh rendered from the input camera, embedded by the pipeline's
                   image tower, cosine to the input's embedding (a CLIP-similarity analogue; the
                   report names the tower: offline it is the toy tower, not OpenAI/LAION CLIP)
+    colour        the same render against the input view itself (before compositing): the mean
+                  |rgb| error (in [0, 1]) over the pixels both cover, so the shape's outline does
+                  not count, its colours do (shading is the same renderer's in both)
+    colour parts  the generated colour field at the 10,000 true surface points against their true
+                  colours, averaged per part and then over the parts, so a small part (a lamp's
+                  base, a rocket's tip) counts as much as the body; also over all points, and the
+                  worst part (its name in the per-object rows); ``colour_mesh_parts`` the same
+                  with the colour of the mesh's nearest vertex: what meshing keeps of the field
 
 and report medians per category as well as over all objects. Images go through the pipeline
 ``batch`` at a time, each with its own generator seeded ``seed``, so the numbers do not depend on
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 from ..data.dataset import CATEGORY_NAMES
 from ..data.images import load_image
@@ -46,7 +55,8 @@ from ..mesh import MeshingError, extract_mesh, query_points
 from ..stages.embed import embed_images, embed_mesh, embed_points
 from . import metrics
 from .report import check_targets, clean, target_line
-from .test_set import SPLITS, HeldOut, held_out, input_view, occupancy_queries, render_input, surface_points
+from .test_set import SPLITS, HeldOut, held_out, input_view, occupancy_queries, render_input, surface_points, \
+    surface_samples
 
 N_IOU, N_SURFACE, VIEW_RES = 50_000, 10_000, 64
 NEAR_SIGMA = 0.05  # std of the offset of the near-surface IoU points (data frame, objects span 1.8)
@@ -61,7 +71,10 @@ class Case:
     item: HeldOut
     image: object  # the input view (PIL image, composited on white)
     camera: np.ndarray  # (1, 4, 4) its cam2world
+    rgba: np.ndarray  # (VIEW_RES, VIEW_RES, 4) uint8: the input view before compositing
     gt_points: np.ndarray  # (N_SURFACE, 3) on the true visible surface
+    gt_colors: np.ndarray  # (N_SURFACE, 3) their true colours
+    gt_parts: np.ndarray  # (N_SURFACE,) the part each lies on
     queries: np.ndarray  # (N_IOU, 3) uniform in the cube
     inside: np.ndarray  # (N_IOU,) exact occupancy there
     near: np.ndarray  # (N_IOU, 3) near the true surface
@@ -78,6 +91,8 @@ class Variant:
     steps: int | None = None  # None: the checkpoint's
     sampler: str | None = None
     guidance: tuple = (None, None)  # (image, shape); None: the checkpoint's
+    interval: tuple | None = None  # noise levels t / T where guidance applies; None: the checkpoint's
+    rescale: float | None = None  # guidance rescale phi; None: the checkpoint's
     strength: float = 1.0  # < 1: start from the true latent noised partway (diffusion.sample)
     view_res: int = VIEW_RES  # resolution the input view is rendered at (the tower resizes it)
     decode_true: bool = False  # skip generation: decode the VAE latent of the true object (the ceiling)
@@ -112,11 +127,11 @@ def make_bench(pipeline="course", split: str = "test", n: int = 56, device: str 
     cases = []
     for item in items:
         rgba, cam = input_view(item, VIEW_RES)
-        gt_points, _ = surface_points(item, N_SURFACE)
+        gt_points, gt_colors, gt_parts = surface_samples(item, N_SURFACE)
         queries, inside = occupancy_queries(item, N_IOU)
         near = surface_points(item, N_IOU)[0] + item.rng.normal(0.0, NEAR_SIGMA, size=(N_IOU, 3))
         near = np.clip(near, -1.0, 1.0)
-        cases.append(Case(item, load_image(rgba), cam, gt_points, queries, inside, near, item.obj.contains(near),
+        cases.append(Case(item, load_image(rgba), cam, rgba, gt_points, gt_colors, gt_parts, queries, inside, near, item.obj.contains(near),
                           surface_points(item, vae_points)))
     return Bench(pipe, cases, gallery, cats, split, str(pipeline) if isinstance(pipeline, (str, dict)) else "given")
 
@@ -156,7 +171,8 @@ def generate_case_latents(bench: Bench, v: Variant, seed: int = 0, batch: int = 
                "true": lambda: bench.gallery[idx].to(pipe.device)}[v.shape]()
         x_start = true_latents(bench, idx) if v.strength < 1.0 else None
         out.append(pipe.sample_latents(e_i, e_s, v.steps, *v.guidance, gens, use_prior=v.shape != "none",
-                                       progress=False, sampler=v.sampler, x_start=x_start, strength=v.strength))
+                                       progress=False, sampler=v.sampler, x_start=x_start, strength=v.strength,
+                                       guidance_interval=v.interval, guidance_rescale=v.rescale))
     return torch.cat(out), (time.perf_counter() - t0) / len(bench.cases)
 
 
@@ -170,19 +186,26 @@ def measure_case(bench: Bench, k: int, z: torch.Tensor, res: int = 64) -> dict:
     planes = pipe.vae.decode(z * pipe.latent_std + pipe.latent_mean)
     logits, _ = query_points(pipe.vae, planes, case.queries)
     near_logits, _ = query_points(pipe.vae, planes, case.near)
-    r = {"iou": metrics.iou(logits > 0, case.inside), "iou_near": metrics.iou(near_logits > 0, case.near_inside)}
+    _, surface_rgb = query_points(pipe.vae, planes, case.gt_points)
+    r = {"iou": metrics.iou(logits > 0, case.inside), "iou_near": metrics.iou(near_logits > 0, case.near_inside),
+         **metrics.colour_error(surface_rgb, case.gt_colors, case.gt_parts)}  # the colour field on the true surface
+    r["worst_part"] = case.item.obj.part_names[r["worst_part"]]
     try:
         mesh = extract_mesh(pipe.vae, planes, res=res)
     except MeshingError as e:
         return {**r, "error": str(e), "chamfer_l1": None, "category_ok": False, "own_object": False,
-                "image_sim": None}
+                "image_sim": None, "colour_view_err": None}
     pts, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=i)
     r["chamfer_l1"] = metrics.surface_metrics(pts, case.gt_points)["chamfer_l1"]
     e_gen = embed_mesh(pipe.shape_tower, mesh, pipe.shape_points, seed=i)
     best = int((e_gen @ bench.gallery.T.to(e_gen.device)).argmax())
     r["category_ok"] = bool(bench.categories[best] == bench.categories[k])
     r["own_object"] = best == k
+    vertex_rgb = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+    nearest = cKDTree(np.asarray(mesh.vertices)).query(case.gt_points)[1]  # the mesh's colour there
+    r["colour_mesh_parts"] = metrics.colour_error(vertex_rgb[nearest], case.gt_colors, case.gt_parts)["colour_err_parts"]
     view = render_trimesh(mesh, case.camera, VIEW_RES)[0]
+    r["colour_view_err"] = metrics.masked_colour_error(view, case.rgba)  # what the user sees, from the input camera
     e_in = embed_images(pipe.tower, [case.image])
     r["image_sim"] = float(embed_images(pipe.tower, [load_image(view)]) @ e_in.T)
     return r
@@ -193,6 +216,8 @@ def summarize(bench: Bench, rows: list) -> dict:
     ious = [r["iou"] for r in rows]
     cds = [r["chamfer_l1"] for r in rows if r.get("chamfer_l1") is not None]
     sims = [r["image_sim"] for r in rows if r.get("image_sim") is not None]
+    views = [r["colour_view_err"] for r in rows if r.get("colour_view_err") is not None]
+    meshes = [r["colour_mesh_parts"] for r in rows if r.get("colour_mesh_parts") is not None]
     per_cat = {}
     for case, r in zip(bench.cases, rows):
         per_cat.setdefault(case.item.category, []).append(r["iou"])
@@ -203,6 +228,11 @@ def summarize(bench: Bench, rows: list) -> dict:
             "category_acc": float(np.mean([r["category_ok"] for r in rows])),
             "own_object_acc": float(np.mean([r.get("own_object", False) for r in rows])),
             "image_sim_mean": float(np.mean(sims)) if sims else None,
+            "colour_err_median": float(np.median([r["colour_err"] for r in rows])),
+            "colour_parts_median": float(np.median([r["colour_err_parts"] for r in rows])),
+            "colour_worst_part_median": float(np.median([r["colour_err_worst_part"] for r in rows])),
+            "colour_view_median": float(np.median(views)) if views else None,
+            "colour_mesh_parts_median": float(np.median(meshes)) if meshes else None,
             "category_iou_median": per_cat, "worst_category_iou": min(per_cat.values()),
             "worst_category": min(per_cat, key=per_cat.get), "n_failed": sum(1 for r in rows if "error" in r)}
 
@@ -229,8 +259,11 @@ def run_variant(bench: Bench, v: Variant, seed: int = 0, res: int = 64, batch: i
 def settings_of(bench: Bench, v: Variant) -> dict:
     """The sampler, steps and guidance a variant actually used."""
     gi, gs = bench.pipe.guidance(*v.guidance)
+    d = bench.pipe.default_guidance
     return {"sampler": v.sampler or bench.pipe.sampler, "steps": v.steps or bench.pipe.steps,
-            "guidance_image": gi, "guidance_shape": gs}
+            "guidance_image": gi, "guidance_shape": gs,
+            "guidance_interval": list(v.interval or d.get("interval", (0.0, 1.0))),
+            "guidance_rescale": d.get("rescale", 0.0) if v.rescale is None else v.rescale}
 
 
 def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: int = 64, steps: int | None = None,
@@ -268,23 +301,32 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     return clean(report)
 
 
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def format_summaries(named: list, categories: bool = True) -> str:
     """A table with one row per (name, summary) and, with ``categories``, the per-category medians."""
-    head = (f"{'':24s} {'IoU med':>7s} {'near':>6s} {'worst cat':>15s} {'CD-L1':>7s} {'categ.':>6s} "
-            f"{'own':>5s} {'img sim':>7s} {'s/img':>6s}")
+    w = max([24] + [len(name) for name, _ in named])
+    head = (f"{'':{w}s} {'IoU med':>7s} {'near':>6s} {'worst cat':>15s} {'CD-L1':>7s} {'categ.':>6s} "
+            f"{'own':>5s} {'img sim':>7s} {'colour':>6s} {'parts':>6s} {'s/img':>6s}")
     lines = [head]
     for name, s in named:
         cd = "-" if s["chamfer_l1_median"] is None else f"{s['chamfer_l1_median']:.4f}"
         worst = f"{s['worst_category']} {s['worst_category_iou']:.2f}"
-        lines.append(f"{name:24s} {s['iou_median']:7.3f} {s['iou_near_median']:6.3f} {worst:>15s} {cd:>7s} "
+        lines.append(f"{name:{w}s} {s['iou_median']:7.3f} {s['iou_near_median']:6.3f} {worst:>15s} {cd:>7s} "
                      f"{s['category_acc']:6.3f} {s['own_object_acc']:5.3f} {s['image_sim_mean']:7.3f} "
+                     f"{_num(s.get('colour_view_median')):>6s} {_num(s.get('colour_parts_median')):>6s} "
                      f"{s.get('seconds_per_image', 0.0):6.2f}")
+    lines.append("colour: median masked colour error between the renders of the generated and the true object from "
+                 "the input camera; parts: median over objects of the colour field's error on the true surface, "
+                 "averaged over the parts (mean |rgb| in [0, 1]; lower is better)")
     if categories and named:
         cats = list(named[0][1]["category_iou_median"])
         lines.append("median IoU per category:")
-        lines.append(f"{'':24s} " + " ".join(f"{c[:7]:>7s}" for c in cats))
+        lines.append(f"{'':{w}s} " + " ".join(f"{c[:7]:>7s}" for c in cats))
         for name, s in named:
-            lines.append(f"{name:24s} " + " ".join(f"{s['category_iou_median'][c]:7.2f}" for c in cats))
+            lines.append(f"{name:{w}s} " + " ".join(f"{s['category_iou_median'][c]:7.2f}" for c in cats))
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""Reconstruction metrics: volumetric IoU, Chamfer-L1, F-score@0.02, colour PSNR.
+"""Reconstruction metrics: volumetric IoU, Chamfer-L1, F-score@0.02, colour PSNR and colour errors.
 
 The paper reports its autoencoder through render losses only (docs/paper.md §8.3: L_rgb, L_mask,
 L_depth) and gives no Chamfer/F-score numbers (8.7), so these are the usual field-reconstruction
@@ -15,6 +15,9 @@ metrics of the occupancy-network literature, all measured in the [-1, 1]^3 data 
                      to the prediction); tau = 0.02 (Tatarchenko et al. 2019, "What do
                      single-view 3D reconstruction networks learn?")
     colour PSNR      10 log10(1 / MSE) of rgb in [0, 1] at ground-truth surface points
+    colour error     mean |rgb| (in [0, 1]) at ground-truth surface points, over all of them and
+                     per part (each part counted once: small parts are where colour goes wrong),
+                     or between two renders from one camera where both cover the pixel
 
 Nearest neighbours come from scipy's cKDTree (exact).
 """
@@ -79,6 +82,32 @@ def psnr(pred_rgb, gt_rgb, max_value: float = 1.0) -> float:
 
 
 # ----------------------------------------------------------------------------- embeddings (stage 2-3)
+
+
+def colour_error(pred_rgb, gt_rgb, parts=None) -> dict:
+    """Mean absolute colour error (rgb in [0, 1], averaged over the channels) of samples (n, 3):
+    ``colour_err`` over all samples (area-weighted: a big part dominates), and with ``parts`` (n,)
+    ``colour_err_parts``, the mean of the per-part errors (each part counts once, however small),
+    and ``colour_err_worst_part`` with its part index ``worst_part``."""
+    err = np.abs(np.asarray(pred_rgb, np.float64) - np.asarray(gt_rgb, np.float64)).mean(axis=1)  # (n,)
+    out = {"colour_err": float(err.mean())}
+    if parts is not None:
+        parts = np.asarray(parts)
+        per_part = {int(k): float(err[parts == k].mean()) for k in np.unique(parts)}
+        worst = max(per_part, key=per_part.get)
+        out.update(colour_err_parts=float(np.mean(list(per_part.values()))), colour_err_worst_part=per_part[worst],
+                   worst_part=worst)
+    return out
+
+
+def masked_colour_error(pred_rgba, gt_rgba) -> float | None:
+    """Mean absolute rgb error (in [0, 1]) between two RGBA uint8 renders (H, W, 4) from one camera,
+    over the pixels both cover (alpha > 0); None when they share no pixel."""
+    both = (np.asarray(pred_rgba)[..., 3] > 0) & (np.asarray(gt_rgba)[..., 3] > 0)
+    if not both.any():
+        return None
+    diff = np.abs(np.asarray(pred_rgba, np.float64)[..., :3] - np.asarray(gt_rgba, np.float64)[..., :3]) / 255.0
+    return float(diff[both].mean())
 
 
 def retrieval(queries, gallery, query_categories=None, gallery_categories=None, ks=(1, 5)) -> dict:

@@ -72,12 +72,17 @@ def render_input(item: HeldOut, cam, resolution: int, spec: SampleSpec | None = 
     return rgba[0]
 
 
-def surface_points(item: HeldOut, n: int) -> tuple:
-    """(points (n, 3), colors (n, 3)) area-uniform on the visible surface (faces hidden inside
-    another part are left out), drawn from the item's generator."""
+def surface_samples(item: HeldOut, n: int) -> tuple:
+    """(points (n, 3), colors (n, 3), part index (n,)) area-uniform on the visible surface (faces
+    hidden inside another part are left out), drawn from the item's generator."""
     from ..data.sampling import sample_surface
 
-    points, colors, _ = sample_surface(item.obj.colored_mesh(), n, item.rng, keep=item.obj.exposed)
+    return sample_surface(item.obj.colored_mesh(), n, item.rng, keep=item.obj.exposed)
+
+
+def surface_points(item: HeldOut, n: int) -> tuple:
+    """(points (n, 3), colors (n, 3)) of ``surface_samples`` (the same draws)."""
+    points, colors, _ = surface_samples(item, n)
     return points, colors
 
 

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from ..diffusion import DiffusionConfig, diffusion_loss
+from ..diffusion import DiffusionConfig, diffusion_loss, sample
 from .blocks import Downsample, Upsample, checkpointed, norm, timestep_embedding
 from .hub import HubMixin
 
@@ -236,7 +236,7 @@ class TriplaneUNet(nn.Module, HubMixin):
         return diffusion_loss(lambda x, t: self(x, t, e_i, e_s, drop_i, drop_s), z, scheduler, "l2")
 
     def guided(self, x, t, e_i, e_s, guidance_image: float = 5.0, guidance_shape: float = 1.0,
-               use_shape: bool = True):
+               use_shape: bool = True, interval: tuple = (0.0, 1.0), rescale: float = 0.0):
         """Dual classifier-free guidance (docs/paper.md §5: two scales, best s_image = 5, s_shape = 1):
 
             f~ = f(0, 0) + s_i * (f(i, 0) - f(0, 0)) + s_s * (f(i, s) - f(i, 0))
@@ -244,10 +244,18 @@ class TriplaneUNet(nn.Module, HubMixin):
         f(i, s): both conditions; f(i, 0): image only; f(0, 0): neither (the learned nulls). At
         (s_i, s_s) = (1, 1) it is exactly f(i, s), at (0, 0) exactly f(0, 0). The three passes
         run as one batched forward call. ``use_shape=False`` (no prior, the paper's ablation)
-        drops the shape term: f~ = f(0, 0) + s_i * (f(i, 0) - f(0, 0)), two passes."""
+        drops the shape term: f~ = f(0, 0) + s_i * (f(i, 0) - f(0, 0)), two passes.
+
+        ``interval`` (lo, hi): guidance only at noise levels t / T in [lo, hi], the plain
+        conditional output (one pass) elsewhere (Kynkäänniemi et al. 2024 guide a limited
+        interval). ``rescale`` phi in [0, 1]: the guided output's per-sample std pulled back to the
+        conditional's, f~ <- phi f~ std(f_c) / std(f~) + (1 - phi) f~ (Lin et al. 2024, eq. 15-16)."""
         B = x.shape[0]
-        n = 3 if use_shape else 2
         yes, no = torch.zeros(B, dtype=torch.bool, device=x.device), torch.ones(B, dtype=torch.bool, device=x.device)
+        level = float(t.flatten()[0]) / self.diffusion_cfg.train_timesteps  # one noise level per call
+        if not interval[0] <= level <= interval[1]:
+            return self(x, t, e_i, e_s, yes, yes if use_shape else no)  # f(i, s), or f(i, 0) without the prior
+        n = 3 if use_shape else 2
         drop_image = torch.cat([yes, no] + ([yes] if use_shape else []))  # order: (i, 0), (0, 0), (i, s)
         drop_shape = torch.cat([no, no] + ([yes] if use_shape else []))
         out = self(x.repeat(n, 1, 1, 1, 1), t.repeat(n), e_i.repeat(n, 1), e_s.repeat(n, 1), drop_image, drop_shape)
@@ -255,4 +263,27 @@ class TriplaneUNet(nn.Module, HubMixin):
         guided = f_0 + guidance_image * (f_i - f_0)
         if use_shape:
             guided = guided + guidance_shape * (rest[0] - f_i)
+        if rescale > 0:
+            cond, dims = (rest[0] if use_shape else f_i), tuple(range(1, x.dim()))
+            ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-8)
+            guided = rescale * guided * ratio + (1 - rescale) * guided
         return guided
+
+    @torch.no_grad()
+    def sample(self, e_i, e_s, guidance: tuple = (5.0, 1.0), use_shape: bool = True, interval: tuple = (0.0, 1.0),
+               rescale: float = 0.0, steps: int | None = None, sampler: str | None = None, generator=None,
+               x_T=None, scheduler=None, callback=None, progress: dict | None = None, x_start=None,
+               strength: float = 1.0):
+        """(B, D) unit embeddings -> (B, 3, c', r', r') normalised latents under dual guidance
+        (``guided``; ``guidance`` = (s_image, s_shape)); the loop, the SDEdit start (``x_start``,
+        ``strength``), ``callback`` and ``progress`` are ``diffusion.sample``'s. ``x_T``: the
+        initial noise instead of drawing it from ``generator``; ``scheduler``: a prebuilt sampler."""
+        cfg = self.cfg
+        shape = (e_i.shape[0], 3, cfg.latent_channels, cfg.latent_res, cfg.latent_res)
+        e_s = e_s if e_s is not None else torch.zeros_like(e_i)
+
+        def denoise(x, t):
+            return self.guided(x, t, e_i, e_s, *guidance, use_shape=use_shape, interval=interval, rescale=rescale)
+
+        return sample(denoise, shape, self.diffusion_cfg, steps, sampler, generator, e_i.device, x_T=x_T,
+                      callback=callback, scheduler=scheduler, progress=progress, x_start=x_start, strength=strength)

@@ -74,9 +74,14 @@ PRESETS = {
 SIZE_BOUNDS = preset_bounds(p.model for p in PRESETS.values())  # what a loaded config.json may ask for
 
 
-def unet_preset(name: str, model: dict | None = None, train: dict | None = None) -> UNetPreset:
-    """A copy of the named preset with validated changes to its UNetConfig / TrainConfig."""
-    return choose_preset(PRESETS, name, "diffusion").override(model=model or {}, train=train or {})
+def unet_preset(name: str, model: dict | None = None, train: dict | None = None,
+                diffusion: dict | None = None) -> UNetPreset:
+    """A copy of the named preset with validated changes to its UNetConfig / TrainConfig /
+    DiffusionConfig (the objective, its timesteps and sampler: checked together, as when loaded)."""
+    p = choose_preset(PRESETS, name, "diffusion").override(model=model or {}, train=train or {})
+    if diffusion:
+        p.diffusion = DiffusionConfig.from_dict({**p.diffusion.to_dict(), **diffusion})
+    return p
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -105,19 +110,21 @@ def build_unet(p: UNetPreset, meta: bool = False) -> tuple:
     """(TriplaneUNet, its training module) for a preset whose latent size and embedding size are
     set: what training and the dry run run. ``meta``: the network on the meta device."""
     with torch.device("meta") if meta else contextlib.nullcontext():
-        unet = TriplaneUNet(p.model)
+        unet = TriplaneUNet(p.model, p.diffusion)
     return unet, Objective("unet", unet, make_scheduler(p.diffusion, "ddpm"))
 
 
 def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, resume: bool = False,
                train_overrides: dict | None = None, half: bool = False, progress: bool = True,
-               stop_after: int | None = None, overwrite: bool = False, overrides: dict | None = None) -> dict:
+               stop_after: int | None = None, overwrite: bool = False, overrides: dict | None = None,
+               diffusion: dict | None = None) -> dict:
     """Train the triplane UNet on the normalised VAE latents of a data set, conditioned on the
     towers' embeddings (image: one random view; shape: the ground-truth points). Latents and
     embeddings are computed once and cached in ``out/latents.safetensors``. Writes ``out/unet``.
-    ``overrides`` / ``train_overrides``: UNetConfig / TrainConfig fields."""
+    ``overrides`` / ``train_overrides`` / ``diffusion``: UNetConfig / TrainConfig / DiffusionConfig
+    fields (for example ``{"objective": "rectified_flow", "sampler": "euler"}``)."""
+    p = unet_preset(preset, overrides, train_overrides, diffusion)  # a bad choice fails before the folder is claimed
     out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
-    p = unet_preset(preset, overrides, train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
     vae_model, vae_cfg = load_vae(vae, device=accelerator.device)
@@ -200,10 +207,26 @@ def check_sampling_record(cfg: dict, channels: int, where) -> None:
                                   f"channel), got {str(values)[:60]}")
     if min(stats["std"]) <= 0:
         raise CheckpointError(f"{where}: latent_stats.std must be positive, got {stats['std']}")
-    for key, g in (cfg.get("guidance") or {}).items():
+    guidance = cfg.get("guidance") or {}
+    for key, g in guidance.items():
         if key in ("image", "shape") and guidance_problem(g):
             raise CheckpointError(f"{where}: guidance.{key} must be a number in -{GUIDANCE_BOUND:g}..{GUIDANCE_BOUND:g}, "
                                   f"got {g!r}")
+    problem = guidance_extras_problem(guidance.get("interval", (0.0, 1.0)), guidance.get("rescale", 0.0))
+    if problem:
+        raise CheckpointError(f"{where}: guidance.{problem}")
+
+
+def guidance_extras_problem(interval, rescale) -> str | None:
+    """What is wrong with a guidance interval (lo, hi), 0 <= lo < hi <= 1 in noise level t / T, or a
+    rescale phi in [0, 1], in words starting with the field's name; None when both are right."""
+    numbers = isinstance(interval, (list, tuple)) and len(interval) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+    if not numbers or not 0 <= interval[0] < interval[1] <= 1:
+        return f"interval must be two noise levels 0 <= lo < hi <= 1, got {interval!r:.60}"
+    if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 <= rescale <= 1:
+        return f"rescale must be a number in [0, 1], got {rescale!r:.40}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ dry run

@@ -150,6 +150,14 @@ def model_identity(cfg):
     return cfg
 
 
+def _differences(saved, now, where: str = "") -> list:
+    """'field: saved -> now' for every leaf where two configs differ."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now))
+                for d in _differences(saved.get(k), now.get(k), f"{where}{k}.")]
+    return [] if saved == now else [f"{where.rstrip('.')}: {saved!r} -> {now!r}"]
+
+
 RESUMED_FIELDS = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "--n-train", "ema_decay": "--ema-decay"}
 
 
@@ -171,8 +179,10 @@ def resume_point(out: Path, kind: str, preset: str, model_cfg: dict, tcfg, given
     saved = read_config(ckpt_dir)
     if (saved.get("kind") != kind or saved.get("preset") != preset
             or model_identity(saved.get("model")) != model_identity(model_cfg)):
+        differ = ", ".join(_differences(model_identity(saved.get("model")), model_identity(model_cfg))[:4])
         raise TrainingError(f"{ckpt_dir}: was trained as a {saved.get('kind')!r} with preset {saved.get('preset')!r} "
-                            "and another model config; resume with the same options or use a new --out")
+                            f"and another model config ({differ or 'kind or preset'}); resume with the same options "
+                            "or use a new --out")
     given, train, step = given or {}, dict(saved.get("train") or {}), int(saved["step"])
     for name, flag in RESUMED_FIELDS.items():
         if name in given and name in train and given[name] != train[name]:
