@@ -54,8 +54,9 @@ def test_diagnosis_rows_order_as_they_should():
     assert report["split"] == "val" and report["seed"] == 500
 
 
-def _row(name, iou, acc, steps):
-    return {"name": name, "summary": {"iou_median": iou, "category_acc": acc}, "settings": {"steps": steps}}
+def _row(name, iou, acc, steps):  # near-surface and worst-category IoU move with the uniform one here
+    return {"name": name, "summary": {"iou_median": iou, "iou_near_median": iou, "worst_category_iou": iou,
+                                      "category_acc": acc}, "settings": {"steps": steps}}
 
 
 def test_best_row_rule():
@@ -77,12 +78,15 @@ def test_parse_samplers():
 def test_sweep_choice_reaches_the_pipeline(tmp_path):
     from compress3d_lite.pipeline import Compress3DPipeline
 
-    Compress3DPipeline.from_pretrained("course", device="cpu").save_pretrained(tmp_path / "pipe")
-    report = {"split": "val", "n_objects": 56, "best_settings": {"sampler": "dpm", "steps": 12,
-                                                                "guidance_image": 3.0, "guidance_shape": 1.0}}
+    shipped = Compress3DPipeline.from_pretrained("course", device="cpu")
+    shipped.save_pretrained(tmp_path / "pipe")
+    report = {"split": "val", "n_objects": 56, "best_settings": {
+        "sampler": shipped.sampler, "steps": 12, "guidance_image": 3.0, "guidance_shape": 1.0,
+        "guidance_interval": [0.0, 0.6], "guidance_rescale": 0.5}}
     apply_settings(str(tmp_path / "pipe"), report)
     pipe = Compress3DPipeline.from_pretrained(str(tmp_path / "pipe"), device="cpu")
-    assert (pipe.sampler, pipe.steps, pipe.guidance()) == ("dpm", 12, (3.0, 1.0))
+    assert (pipe.sampler, pipe.steps, pipe.guidance()) == (shipped.sampler, 12, (3.0, 1.0))
+    assert (pipe.default_guidance["interval"], pipe.default_guidance["rescale"]) == ([0.0, 0.6], 0.5)
     with pytest.raises(ValueError, match="shipped preset"):
         apply_settings("course", report)
 

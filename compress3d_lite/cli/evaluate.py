@@ -103,7 +103,7 @@ def cmd_evaluate_sweep(args):
 
     json_path_arg(args, min_n=2)
     try:
-        grid, samplers = parse_grid(args.guidance_grid), parse_samplers(args.samplers)
+        grid, samplers = parse_grid(args.guidance_grid), args.samplers and parse_samplers(args.samplers)
         intervals, rescales = parse_intervals(args.intervals), parse_rescales(args.rescales)
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -205,7 +205,7 @@ def add_parsers(sub) -> None:
     evd = ev.add_parser("diagnose", help="where generation loses quality: each stage replaced by the truth in turn "
                                          "(true shape embedding, true latent noised halfway, ...); val split")
     split_n_seed(evd, "val")
-    evd.add_argument("--samplers", action="store_true", help="also the sampler rows (DDIM 50, DPM-Solver++ 15)")
+    evd.add_argument("--samplers", action="store_true", help="also the sampler rows (twice the steps; DPM-Solver++ 15, or Euler at half the steps)")
     evd.add_argument("--bounds", default=None, metavar="DIR",
                      help="also the bounds (retrieval, regression, the UNet's loss per noise band); the UNet's "
                           "training objects are regenerated once into DIR")
@@ -216,8 +216,9 @@ def add_parsers(sub) -> None:
     evs = ev.add_parser("sweep", help="choose guidance scales, sampler and steps on the val split")
     split_n_seed(evs, "val")
     evs.add_argument("--guidance-grid", default="1,2,3,5x1,2,3", help="image scales x shape scales (default %(default)s)")
-    evs.add_argument("--samplers", default="ddim:25,ddim:50,dpm:10,dpm:20",
-                     help="sampler:steps, the first used for the guidance pass (default %(default)s)")
+    evs.add_argument("--samplers", default=None,
+                     help="sampler:steps, the first used for the guidance pass (default: ddim:25,ddim:50,dpm:10,"
+                          "dpm:20 for a DDPM UNet, euler:20,euler:10,euler:40 for a rectified-flow one)")
     evs.add_argument("--intervals", default="0-1",
                      help="noise levels t/T where guidance applies, LO-HI pairs tried with the best pair and "
                           "sampler, e.g. 0-1,0-0.8,0.2-1 (default %(default)s: everywhere)")

@@ -45,10 +45,15 @@ DIAGNOSIS = [
     Variant("no prior", shape="none", note="image embedding only"),
     Variant("128 px view", shape="prior", view_res=128, note="input rendered at 128 px"),
 ]
-SAMPLER_ROWS = [  # the sampler's share (the sweep measures these too)
-    Variant("ddim 50 steps", shape="prior", sampler="ddim", steps=50, note="twice the steps"),
-    Variant("dpm++ 15 steps", shape="prior", sampler="dpm", steps=15, note="DPM-Solver++"),
-]
+def sampler_rows(pipe) -> list:
+    """The sampler's share, the same model: twice the steps, and (DDPM) DPM-Solver++ at 15 or
+    (rectified flow) Euler at half the steps. The sweep measures these too."""
+    if pipe.unet.diffusion_cfg.objective == "rectified_flow":
+        return [Variant(f"euler {2 * pipe.steps} steps", sampler="euler", steps=2 * pipe.steps, note="twice the steps"),
+                Variant(f"euler {max(1, pipe.steps // 2)} steps", sampler="euler", steps=max(1, pipe.steps // 2),
+                        note="half the steps")]
+    return [Variant("ddim 50 steps", shape="prior", sampler="ddim", steps=50, note="twice the steps"),
+            Variant("dpm++ 15 steps", shape="prior", sampler="dpm", steps=15, note="DPM-Solver++")]
 
 
 def _run(bench, variants, seed, res, progress, label) -> dict:
@@ -68,10 +73,11 @@ def diagnose_generate(pipeline="course", split: str = "val", n: int = 56, seed: 
                       device: str | None = None, variants=None, progress: bool = True, samplers: bool = False,
                       bounds_cache=None, n_train: int | None = None, regression_steps: int = 1500) -> dict:
     """The diagnosis table (module docstring) as a report: one row per variant (``DIAGNOSIS``, and
-    ``SAMPLER_ROWS`` with ``samplers``; or the ``variants`` given). ``bounds_cache``: also the
+    ``sampler_rows`` with ``samplers``; or the ``variants`` given). ``bounds_cache``: also the
     bound rows and the UNet's loss per noise band (``bounds.py``), its training objects kept there."""
     bench = make_bench(pipeline, split, n, device)
-    report = _run(bench, variants or DIAGNOSIS + (SAMPLER_ROWS if samplers else []), seed, res, progress, "diagnose")
+    rows = variants or DIAGNOSIS + (sampler_rows(bench.pipe) if samplers else [])
+    report = _run(bench, rows, seed, res, progress, "diagnose")
     if bounds_cache is not None:
         b = bounds(bench, bounds_cache, seed, res, n_train, regression_steps, progress)
         report["rows"] += [{**row, "settings": {}} for row in b.pop("rows")]
@@ -81,7 +87,8 @@ def diagnose_generate(pipeline="course", split: str = "val", n: int = 56, seed: 
 
 
 GUIDANCE_GRID = tuple((gi, gs) for gi in (1, 2, 3, 5) for gs in (1, 2, 3))
-SWEEP_SAMPLERS = (("ddim", 25), ("ddim", 50), ("dpm", 10), ("dpm", 20))
+SWEEP_SAMPLERS = {"ddpm": (("ddim", 25), ("ddim", 50), ("dpm", 10), ("dpm", 20)),  # per objective
+                  "rectified_flow": (("euler", 20), ("euler", 10), ("euler", 40))}
 
 
 def selection_score(summary: dict) -> float:
@@ -108,16 +115,18 @@ def _pass(bench, report, variants, seed, res, progress) -> list:
 
 
 def sweep_generate(pipeline="course", split: str = "val", n: int = 56, seed: int = 0, res: int = 64,
-                   device: str | None = None, guidance_grid=GUIDANCE_GRID, samplers=SWEEP_SAMPLERS,
+                   device: str | None = None, guidance_grid=GUIDANCE_GRID, samplers=None,
                    intervals=((0.0, 1.0),), rescales=(0.0,), progress: bool = True) -> dict:
     """Three passes: every guidance pair with the first sampler; every sampler / step count with
     the best pair; every guidance interval x rescale with the best of those (``TriplaneUNet.guided``).
+    ``samplers``: (name, steps) pairs; None: ``SWEEP_SAMPLERS`` of the UNet's objective.
     Reports every row and the chosen settings (``best``, by ``best_row``)."""
+    bench = make_bench(pipeline, split, n, device)
+    samplers = samplers or SWEEP_SAMPLERS[bench.pipe.unet.diffusion_cfg.objective]
     (s0, k0) = samplers[0]
     whole = dict(interval=(0.0, 1.0), rescale=0.0)
     first = [Variant(f"g {gi:g}/{gs:g}, {s0} {k0}", sampler=s0, steps=k0, guidance=(gi, gs), **whole)
              for gi, gs in guidance_grid]
-    bench = make_bench(pipeline, split, n, device)
     report = _run(bench, first, seed, res, progress, "sweep")
     best = best_row(report["rows"])
     g = best["settings"]
