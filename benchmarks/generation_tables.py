@@ -1,24 +1,25 @@
 """Markdown tables of the stored generation results (benchmarks/results/*.json), as README and
-docs/stages.md show them.
+docs/stages.md show them: the three course UNets side by side where their results are stored.
 
     python benchmarks/generation_tables.py            # every table whose JSON is there
 
-The JSON files come from (2 CPU cores; add --overwrite to replace a file that is there):
+The JSON files come from (2 CPU cores; add --overwrite to replace a file that is there; NAME is
+course_v1, course_ddpm or course):
 
-    compress3d-lite evaluate diagnose --pipeline course_v1 --samplers --json benchmarks/results/diagnose_course_v1_val.json
-    compress3d-lite evaluate diagnose --pipeline course --json benchmarks/results/diagnose_course_val.json
-    compress3d-lite evaluate sweep --pipeline DIR --guidance-grid 1,2,3x1,2 --samplers ddim:25,dpm:10,dpm:20 \
-        --apply --json benchmarks/results/sweep_course_val.json
-    compress3d-lite evaluate generate --pipeline course_v1 --split test --json benchmarks/results/generate_course_v1_test.json
-    compress3d-lite evaluate generate --pipeline course --split test --json benchmarks/results/generate_course_test.json
-    compress3d-lite evaluate diagnose --pipeline course --bounds runs/bounds \
-        --json benchmarks/results/diagnose_bounds_course_val.json          # 7.6 min, the bounds' objects included
+    compress3d-lite evaluate diagnose --pipeline NAME --json benchmarks/results/diagnose_NAME_val.json
+    compress3d-lite evaluate sweep --pipeline DIR --split val --guidance-grid 1,2,3x1,2 --intervals 0-1,0-0.8,0-0.6,0.2-1 \
+        --rescales 0,0.7 --apply --json benchmarks/results/sweep_course_val.json     # DIR: the new UNet's pipeline folder
+    compress3d-lite evaluate generate --pipeline NAME --split test --json benchmarks/results/generate_NAME_test.json
+    compress3d-lite evaluate diagnose --pipeline course_ddpm --bounds runs/bounds \
+        --json benchmarks/results/diagnose_bounds_course_ddpm_val.json     # 7.6 min, the bounds' objects included
+    bash benchmarks/objective_sweep.sh                                     # objective_sweep_val.json, ~40 min
 """
 
 import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {"course_v1": "first course UNet", "course_ddpm": "DDPM course UNet", "course": "shipped (rectified flow)"}
 
 
 def _load(name):
@@ -30,67 +31,107 @@ def _f(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
-def diagnosis_table(old: dict, new: dict) -> str:
-    """One row per diagnosis variant: median IoU / near-surface IoU / category accuracy, old and new."""
-    lines = ["| row | first course UNet: IoU / near / category | shipped UNet: IoU / near / category |",
-             "|---|---|---|"]
-    olds = {r["name"]: r["summary"] for r in old["rows"]} if old else {}
-    news = {r["name"]: r["summary"] for r in new["rows"]} if new else {}
+def diagnosis_table(reports: dict) -> str:
+    """One row per diagnosis variant: median IoU / near-surface IoU / category accuracy per model."""
+    lines = ["| row | " + " | ".join(f"{MODELS[m]}: IoU / near / category" for m in reports) + " |",
+             "|---|" + "---|" * len(reports)]
+    by_model = {m: {r["name"]: r["summary"] for r in rep["rows"]} for m, rep in reports.items()}
+    names = list(dict.fromkeys(n for rows in by_model.values() for n in rows))
 
     def cell(s):
         return "-" if s is None else f"{_f(s['iou_median'])} / {_f(s['iou_near_median'])} / {_f(s['category_acc'])}"
 
-    for name in list(olds) + [n for n in news if n not in olds]:
-        lines.append(f"| {name} | {cell(olds.get(name))} | {cell(news.get(name))} |")
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cell(by_model[m].get(name)) for m in reports) + " |")
+    return "\n".join(lines)
+
+
+def colour_table(reports: dict) -> str:
+    """Where colour is lost: the colour measures of every diagnosis row (lower is better)."""
+    lines = ["| row | " + " | ".join(f"{MODELS[m]}: render / field per part / mesh per part" for m in reports) + " |",
+             "|---|" + "---|" * len(reports)]
+    by_model = {m: {r["name"]: r["summary"] for r in rep["rows"]} for m, rep in reports.items()}
+    names = list(dict.fromkeys(n for rows in by_model.values() for n in rows))
+
+    def cell(s):
+        if s is None or s.get("colour_parts_median") is None:
+            return "-"
+        return (f"{_f(s.get('colour_view_median'))} / {_f(s['colour_parts_median'])} / "
+                f"{_f(s.get('colour_mesh_parts_median'))}")
+
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(cell(by_model[m].get(name)) for m in reports) + " |")
     return "\n".join(lines)
 
 
 def sweep_table(sweep: dict) -> str:
-    lines = ["| setting (guidance image/shape, sampler steps) | median IoU | near surface | worst category | category acc. |",
-             "|---|---|---|---|---|"]
+    """Every row of a sweep, with the score the sweep ranks by (the mean of the three IoU medians)."""
+    lines = ["| setting (guidance image/shape, sampler steps) | median IoU | near surface | worst category | score | "
+             "category acc. |", "|---|---|---|---|---|---|"]
     for r in sweep["rows"]:
         s = r["summary"]
         name = f"**{r['name']}** (chosen)" if r["name"] == sweep.get("best") else r["name"]
+        score = (s["iou_median"] + s["iou_near_median"] + s["worst_category_iou"]) / 3
         lines.append(f"| {name} | {_f(s['iou_median'])} | {_f(s['iou_near_median'])} | "
-                     f"{s['worst_category']} {_f(s['worst_category_iou'], '.2f')} | {_f(s['category_acc'])} |")
+                     f"{s['worst_category']} {_f(s['worst_category_iou'], '.2f')} | {_f(score)} | {_f(s['category_acc'])} |")
     return "\n".join(lines)
 
 
-def test_table(old: dict, new: dict) -> str:
+def objective_table(sweep: dict) -> str:
+    lines = ["| objective (course UNet, 600 steps, raw weights) | median IoU | near surface | worst category | "
+             "category acc. | colour (render) | colour per part | without prior |", "|---|---|---|---|---|---|---|---|"]
+    for r in sweep["rows"]:
+        s, n = r["with_prior"], r["without_prior"]
+        lines.append(f"| {r['note']} | {_f(s['iou_median'])} | {_f(s['iou_near_median'])} | {s['worst_category']} "
+                     f"{_f(s['worst_category_iou'], '.2f')} | {_f(s['category_acc'])} | {_f(s.get('colour_view_median'))} "
+                     f"| {_f(s.get('colour_parts_median'))} | {_f(n['iou_median'])} |")
+    return "\n".join(lines)
+
+
+def test_table(reports: dict) -> str:
     """The final test-split table: overall numbers, then the median IoU of every category."""
     lines = ["| test split (56 objects, measured once) | median IoU | near surface | worst category | category acc. "
-             "| image sim. | CD-L1 |", "|---|---|---|---|---|---|---|"]
-    for label, rep in (("first course UNet, with prior", old), ("shipped UNet, with prior", new)):
+             "| image sim. | CD-L1 | colour (render) | colour per part |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, rep in reports.items():
         for variant, suffix in (("with_prior", ""), ("without_prior", " (no prior)")):
-            if rep is None:
-                continue
             s = rep[variant]
-            name = label.replace(", with prior", suffix) if suffix else label
-            lines.append(f"| {name} | {_f(s['iou_median'])} | {_f(s['iou_near_median'])} | {s['worst_category']} "
-                         f"{_f(s['worst_category_iou'], '.2f')} | {_f(s['category_acc'])} | {_f(s['image_sim_mean'])} "
-                         f"| {_f(s['chamfer_l1_median'], '.4f')} |")
-    cats = list(new["with_prior"]["category_iou_median"])
+            lines.append(f"| {MODELS[m]}{suffix} | {_f(s['iou_median'])} | {_f(s['iou_near_median'])} | "
+                         f"{s['worst_category']} {_f(s['worst_category_iou'], '.2f')} | {_f(s['category_acc'])} | "
+                         f"{_f(s['image_sim_mean'])} | {_f(s['chamfer_l1_median'], '.4f')} | "
+                         f"{_f(s.get('colour_view_median'))} | {_f(s.get('colour_parts_median'))} |")
+    cats = list(next(iter(reports.values()))["with_prior"]["category_iou_median"])
     lines += ["", "| median IoU per category | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
-    for label, rep in (("first course UNet", old), ("shipped UNet", new)):
-        if rep is not None:
-            per = rep["with_prior"]["category_iou_median"]
-            lines.append(f"| {label} | " + " | ".join(_f(per[c], ".2f") for c in cats) + " |")
+    for m, rep in reports.items():
+        per = rep["with_prior"]["category_iou_median"]
+        lines.append(f"| {MODELS[m]} | " + " | ".join(_f(per[c], ".2f") for c in cats) + " |")
     return "\n".join(lines)
+
+
+def _stored(pattern: str) -> dict:
+    return {m: rep for m in MODELS if (rep := _load(pattern.format(m))) is not None}
 
 
 def main():
-    old_d, new_d = _load("diagnose_course_v1_val.json"), _load("diagnose_course_val.json")
-    if new_d or old_d:
+    diagnoses = _stored("diagnose_{}_val.json")
+    if diagnoses:
         print("## Diagnosis (val split)\n")
-        print(diagnosis_table(old_d, new_d), "\n")
-    sweep = _load("sweep_course_val.json")
-    if sweep:
-        print("## Validation sweep\n")
-        print(sweep_table(sweep), "\n")
-    old_t, new_t = _load("generate_course_v1_test.json"), _load("generate_course_test.json")
-    if new_t:
+        print(diagnosis_table(diagnoses), "\n")
+        if any("colour_parts_median" in r["summary"] for rep in diagnoses.values() for r in rep["rows"]):
+            print("## Where colour is lost (val split)\n")
+            print(colour_table({m: r for m, r in diagnoses.items() if "colour_parts_median" in r["rows"][0]["summary"]}),
+                  "\n")
+    objective = _load("objective_sweep_val.json")
+    if objective:
+        print("## Objective x timestep bias (val split)\n")
+        print(objective_table(objective), "\n")
+    for name in ("sweep_course_val.json", "sweep_course_ddpm_val.json"):
+        if (sweep := _load(name)) is not None:
+            print(f"## Validation sweep ({name})\n")
+            print(sweep_table(sweep), "\n")
+    tests = _stored("generate_{}_test.json")
+    if tests:
         print("## Test split\n")
-        print(test_table(old_t, new_t))
+        print(test_table(tests))
 
 
 if __name__ == "__main__":

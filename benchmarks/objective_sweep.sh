@@ -22,7 +22,7 @@ run() {  # name, train flags, sampler
   compress3d-lite evaluate generate --pipeline "$p" --split val --n 56 --guidance-image 3 --guidance-shape 2 \
       --steps 20 --sampler "$sampler" --json "$S/$name.json" --overwrite
 }
-run ddpm_uniform "" dpm
-run flow_uniform "--objective rectified_flow" euler
+run ddpm_uniform "--objective ddpm --timesteps uniform" dpm  # the objective of the course UNet before
+run flow_uniform "--objective rectified_flow --timesteps uniform" euler
 run flow_ln0 "--objective rectified_flow --timesteps logit_normal --logit-mean 0" euler
 run flow_ln1 "--objective rectified_flow --timesteps logit_normal --logit-mean 1" euler

@@ -59,8 +59,9 @@ from .stages.unet import check_guidance, load_unet
 from .stages.vae import load_vae
 
 _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
-PRESETS = {"course": {**_COURSE, "unet": "unet_course"},
-           "course_v1": {**_COURSE, "unet": "unet_course_v1"}}  # the first course UNet, for before / after
+PRESETS = {"course": {**_COURSE, "unet": "unet_course"},  # rectified flow (docs/stages.md, "Stage 4")
+           "course_ddpm": {**_COURSE, "unet": "unet_course_ddpm"},  # the DDPM course UNet before it
+           "course_v1": {**_COURSE, "unet": "unet_course_v1"}}  # the first course UNet
 PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
 PIPELINE_FORMAT = "compress3d_lite/pipeline-v1"
 PARTS = ("vae", "embed", "prior", "unet")

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_shipped_checkpoints_are_found():
-    for name in ("vae_course", "vae_course_noattn", "embed_course", "prior_course", "unet_course", "unet_course_v1"):
+    for name in ("vae_course", "vae_course_noattn", "embed_course", "prior_course", "unet_course", "unet_course_ddpm",
+                 "unet_course_v1"):
         folder = shipped_checkpoint(name)
         assert folder.is_dir() and any(folder.rglob("model.safetensors")), name
     assert sample_path("toyshapes", "images", "000003_0.png").is_file()

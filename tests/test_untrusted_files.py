@@ -221,7 +221,7 @@ def no_diffusion(pipe, monkeypatch):
     ({"mesh_resolution": 4}, ValueError, "mesh_resolution must be in 8..1024"),
     ({"image_guidance_scale": "3"}, TypeError, "image_guidance_scale must be a number"),
     ({"shape_guidance_scale": 1e9}, ValueError, "shape_guidance_scale must be a finite number in -100..100"),
-    ({"sampler": "euler"}, ValueError, "sampler .euler. does not sample this UNet.s ddpm objective"),
+    ({"sampler": "ddim"}, ValueError, "sampler .ddim. does not sample this UNet.s rectified_flow objective"),
     ({"prior_steps": 0}, ValueError, "prior_steps must be in 1.."),
 ])
 def test_pipeline_call_checks_its_arguments_first(no_diffusion, kwargs, error, needle):

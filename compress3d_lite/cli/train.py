@@ -121,16 +121,14 @@ def cmd_train_diffusion(args):
 
 
 def _objective(args) -> dict:
-    """DiffusionConfig fields from --objective / --timesteps / --logit-mean / --logit-std
-    (rectified flow samples with euler, so choosing it chooses the sampler too)."""
+    """DiffusionConfig fields from --objective / --timesteps / --logit-mean / --logit-std. Choosing
+    the objective chooses its sampler too: euler for rectified flow, DPM-Solver++ for DDPM."""
     changes = {k: v for k, v in (("objective", args.objective), ("timesteps", args.timesteps),
                                  ("logit_mean", args.logit_mean), ("logit_std", args.logit_std)) if v is not None}
     if args.logit_std is not None and not args.logit_std > 0:
         raise CLIError(f"--logit-std must be > 0, got {args.logit_std}")
-    if args.objective == "rectified_flow":
-        changes["sampler"] = "euler"
-    if (args.logit_mean is not None or args.logit_std is not None) and args.timesteps != "logit_normal":
-        raise CLIError("--logit-mean / --logit-std shape logit-normal timesteps: add --timesteps logit_normal")
+    if args.objective is not None:
+        changes["sampler"] = "euler" if args.objective == "rectified_flow" else "dpm"
     return changes
 
 
@@ -201,11 +199,11 @@ def add_parsers(sub) -> None:
                          "ema.safetensors and used when loading (0: none; default: the preset's, 0.9999 at "
                          "colab_t4 / a100_full, none at lite / course)")
     df.add_argument("--objective", default=None, choices=OBJECTIVES,
-                    help="ddpm (v-prediction on the cosine schedule, every shipped preset) or rectified_flow "
-                         "(straight paths, velocity target, euler sampler); docs/stages.md")
+                    help="rectified_flow (straight paths, velocity target, euler sampler; the course preset) or ddpm "
+                         "(v-prediction on the cosine schedule, DPM-Solver++; the other presets); docs/stages.md")
     df.add_argument("--timesteps", default=None, choices=TIMESTEPS,
-                    help="training timesteps: uniform (the presets) or logit_normal")
+                    help="training timesteps: uniform or logit_normal (the course preset, mean 1)")
     df.add_argument("--logit-mean", type=float, default=None,
-                    help="logit-normal mean: above 0 spends more training samples near the noise (default 0)")
-    df.add_argument("--logit-std", type=float, default=None, help="logit-normal std (default 1)")
+                    help="logit-normal mean: above 0 spends more training samples near the noise")
+    df.add_argument("--logit-std", type=float, default=None, help="logit-normal std")
     df.set_defaults(func=cmd_train_diffusion)

@@ -1,5 +1,6 @@
-"""The README's picture: held-out toy objects, one 64 px view each in, the shipped course pipeline's
-coloured mesh out, rendered from three cameras beside the true object.
+"""The README's picture: held-out toy objects, one 64 px view each in, the coloured mesh of the
+shipped course pipeline (rectified flow) and of the DDPM UNet shipped before (``course_ddpm``, same
+VAE, towers and prior), each rendered from two cameras, beside the true object.
 
     python docs/images/make_readme_figure.py          # writes docs/images/image_to_mesh.png (~1 min, 2 cores)
 
@@ -32,27 +33,33 @@ def white(rgba: np.ndarray) -> Image.Image:
 
 
 def main():
-    pipe = Compress3DPipeline.from_pretrained("course", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
+    pipes = {name: Compress3DPipeline.from_pretrained(name, device="cpu") for name in ("course_ddpm", "course")}
+    for pipe in pipes.values():
+        pipe.set_progress_bar_config(disable=True)
     spec = SampleSpec()
     cams = np.stack([look_at(4.6 * np.array([np.cos(np.radians(20)) * np.sin(a), np.sin(np.radians(20)),
                                                np.cos(np.radians(20)) * np.cos(a)]))
-                     for a in np.radians([30, 150, 270])])
+                     for a in np.radians([30, 210])])
     rows = []
     for i in OBJECTS:
         obj = make_toy_object(SPLITS["test"], i)
         rng = np.random.default_rng([SPLITS["test"], i, 5])
         cam = orbit_cameras(1, rng, spec.radius, spec.elevation_deg)
         view, _ = render_views(obj.colored_mesh(), cam, intrinsics(INPUT_RES, spec.fov_deg), INPUT_RES)
-        out = pipe(load_image(view[0]), seed=0)  # the checkpoint's sampler, steps and guidance
-        generated = render_trimesh(out.mesh, cams, 192)
-        truth, _ = render_views(obj.colored_mesh(), cams, intrinsics(192, spec.fov_deg), 192)
-        rows.append([white(view[0])] + [white(g) for g in generated] + [white(truth[0])])
-        print(f"{obj.category}: {len(out.mesh.faces)} faces, {out.timings['total']:.2f} s")
+        row = [white(view[0])]
+        for name, pipe in pipes.items():
+            out = pipe(load_image(view[0]), seed=0)  # each checkpoint's sampler, steps and guidance
+            row += [white(g) for g in render_trimesh(out.mesh, cams, 192)]
+            print(f"{obj.category} ({name}): {len(out.mesh.faces)} faces, {out.timings['total']:.2f} s")
+        truth, _ = render_views(obj.colored_mesh(), cams[:1], intrinsics(192, spec.fov_deg), 192)
+        rows.append(row + [white(truth[0])])
     gap, head = 8, 28
-    sheet = Image.new("RGB", (5 * TILE + 6 * gap, len(rows) * (TILE + gap) + gap + head), "white")
+    titles = ["input (64 px)", "before (DDPM), view 1", "view 2", "now (rectified flow), view 1", "view 2",
+              "true object, view 1"]
+    sheet = Image.new("RGB", (len(titles) * TILE + (len(titles) + 1) * gap, len(rows) * (TILE + gap) + gap + head),
+                      "white")
     draw = ImageDraw.Draw(sheet)
-    for c, title in enumerate(["input (64 px)", "generated, view 1", "view 2", "view 3", "true object, view 1"]):
+    for c, title in enumerate(titles):
         draw.text((gap + c * (TILE + gap) + 4, 8), title, fill=(60, 60, 60))
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
