@@ -26,3 +26,4 @@ run ddpm_uniform "--objective ddpm --timesteps uniform" dpm  # the objective of 
 run flow_uniform "--objective rectified_flow --timesteps uniform" euler
 run flow_ln0 "--objective rectified_flow --timesteps logit_normal --logit-mean 0" euler
 run flow_ln1 "--objective rectified_flow --timesteps logit_normal --logit-mean 1" euler
+run flow_ln05 "--objective rectified_flow --timesteps logit_normal --logit-mean 0.5" euler
