@@ -31,37 +31,26 @@ def _f(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
-def diagnosis_table(reports: dict) -> str:
-    """One row per diagnosis variant: median IoU / near-surface IoU / category accuracy per model."""
-    lines = ["| row | " + " | ".join(f"{MODELS[m]}: IoU / near / category" for m in reports) + " |",
-             "|---|" + "---|" * len(reports)]
+def _rows_by_model(reports: dict, head: str, cell) -> str:
+    """One row per diagnosis variant, one column per model: ``cell(summary or None)``."""
+    lines = ["| row | " + " | ".join(f"{MODELS[m]}: {head}" for m in reports) + " |", "|---|" + "---|" * len(reports)]
     by_model = {m: {r["name"]: r["summary"] for r in rep["rows"]} for m, rep in reports.items()}
-    names = list(dict.fromkeys(n for rows in by_model.values() for n in rows))
-
-    def cell(s):
-        return "-" if s is None else f"{_f(s['iou_median'])} / {_f(s['iou_near_median'])} / {_f(s['category_acc'])}"
-
-    for name in names:
+    for name in dict.fromkeys(n for rows in by_model.values() for n in rows):
         lines.append(f"| {name} | " + " | ".join(cell(by_model[m].get(name)) for m in reports) + " |")
     return "\n".join(lines)
+
+
+def diagnosis_table(reports: dict) -> str:
+    """Median IoU / near-surface IoU / category accuracy per diagnosis row and model."""
+    return _rows_by_model(reports, "IoU / near / category", lambda s: "-" if s is None else
+                          f"{_f(s['iou_median'])} / {_f(s['iou_near_median'])} / {_f(s['category_acc'])}")
 
 
 def colour_table(reports: dict) -> str:
     """Where colour is lost: the colour measures of every diagnosis row (lower is better)."""
-    lines = ["| row | " + " | ".join(f"{MODELS[m]}: render / field per part / mesh per part" for m in reports) + " |",
-             "|---|" + "---|" * len(reports)]
-    by_model = {m: {r["name"]: r["summary"] for r in rep["rows"]} for m, rep in reports.items()}
-    names = list(dict.fromkeys(n for rows in by_model.values() for n in rows))
-
-    def cell(s):
-        if s is None or s.get("colour_parts_median") is None:
-            return "-"
-        return (f"{_f(s.get('colour_view_median'))} / {_f(s['colour_parts_median'])} / "
-                f"{_f(s.get('colour_mesh_parts_median'))}")
-
-    for name in names:
-        lines.append(f"| {name} | " + " | ".join(cell(by_model[m].get(name)) for m in reports) + " |")
-    return "\n".join(lines)
+    return _rows_by_model(reports, "render / field per part / mesh per part", lambda s: "-" if s is None or
+                          s.get("colour_parts_median") is None else f"{_f(s.get('colour_view_median'))} / "
+                          f"{_f(s['colour_parts_median'])} / {_f(s.get('colour_mesh_parts_median'))}")
 
 
 def sweep_table(sweep: dict) -> str:

@@ -62,7 +62,8 @@ _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"
 PRESETS = {"course": {**_COURSE, "unet": "unet_course"},  # rectified flow (docs/stages.md, "Stage 4")
            "course_ddpm": {**_COURSE, "unet": "unet_course_ddpm"},  # the DDPM course UNet before it
            "course_v1": {**_COURSE, "unet": "unet_course_v1"}}  # the first course UNet
-PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0}  # docs/paper.md §5, §8.6: the best pair at full scale
+PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0,  # docs/paper.md §5, §8.6: the best pair at full scale,
+                  "interval": [0.0, 1.0], "rescale": 0.0}  # over the whole noise range, not rescaled
 PIPELINE_FORMAT = "compress3d_lite/pipeline-v1"
 PARTS = ("vae", "embed", "prior", "unet")
 
@@ -255,8 +256,8 @@ class Compress3DPipeline:
         x_T = self._noise(generators, (3, cfg.latent_channels, cfg.latent_res, cfg.latent_res))
         return self.unet.sample(
             e_i, e_s, self.guidance(image_guidance_scale, shape_guidance_scale), use_shape=use_prior,
-            interval=tuple(d.get("interval", (0.0, 1.0)) if guidance_interval is None else guidance_interval),
-            rescale=d.get("rescale", 0.0) if guidance_rescale is None else guidance_rescale,
+            interval=tuple(d["interval"] if guidance_interval is None else guidance_interval),
+            rescale=d["rescale"] if guidance_rescale is None else guidance_rescale,
             steps=self.steps if num_inference_steps is None else num_inference_steps, sampler=sampler,
             generator=generators[0], x_T=x_T, scheduler=self._samplers[f"unet {sampler}"], callback=callback,
             progress={**self._progress, "disable": self._progress.get("disable") or not progress},

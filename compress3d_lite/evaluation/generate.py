@@ -262,8 +262,8 @@ def settings_of(bench: Bench, v: Variant) -> dict:
     d = bench.pipe.default_guidance
     return {"sampler": v.sampler or bench.pipe.sampler, "steps": v.steps or bench.pipe.steps,
             "guidance_image": gi, "guidance_shape": gs,
-            "guidance_interval": list(v.interval or d.get("interval", (0.0, 1.0))),
-            "guidance_rescale": d.get("rescale", 0.0) if v.rescale is None else v.rescale}
+            "guidance_interval": list(v.interval or d["interval"]),
+            "guidance_rescale": d["rescale"] if v.rescale is None else v.rescale}
 
 
 def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: int = 64, steps: int | None = None,
