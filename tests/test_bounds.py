@@ -35,7 +35,7 @@ def test_the_regression_bound_learns_a_map_from_the_embeddings():
 
 
 class OracleUNet(torch.nn.Module):
-    """Knows the clean latents: returns the exact v-prediction target (or noise, when ``wrong``)."""
+    """Knows the clean latents: returns the exact v-prediction target (or zeros, when ``wrong``)."""
 
     def __init__(self, z, wrong=False):
         super().__init__()
@@ -60,3 +60,34 @@ def test_the_per_band_loss_is_zero_for_an_oracle_and_not_for_a_wrong_model():
         assert len(bands) == N_BANDS and bands[0]["band"] == [0.0, 0.1] and bands[-1]["band"] == [0.9, 1.0]
         losses = [b["loss"] for b in bands]
         assert all(x > 0.5 for x in losses) if wrong else max(losses) < 1e-6
+
+
+class FlowOracleUNet(torch.nn.Module):
+    """Knows the clean latents of a rectified-flow UNet: returns the velocity eps - x0 that
+    x_t = (1 - s) x0 + s eps implies (or zeros, when ``wrong``)."""
+
+    def __init__(self, z, wrong=False):
+        super().__init__()
+        self.z, self.wrong = z, wrong
+        self.diffusion_cfg = DiffusionConfig(objective="rectified_flow", sampler="euler",
+                                             timesteps="logit_normal", logit_mean=1.0)
+
+    def forward(self, x_t, t, e_i, e_s):
+        assert t.is_floating_point(), "a flow UNet is called with continuous timesteps"
+        if self.wrong:
+            return torch.zeros_like(x_t)
+        s = (t / self.diffusion_cfg.train_timesteps).view(-1, 1, 1, 1, 1)
+        eps = (x_t - (1 - s) * self.z) / s.clamp_min(1e-6)
+        return eps - self.z
+
+
+def test_the_per_band_loss_runs_on_a_rectified_flow_unet():
+    z = torch.randn(4, 3, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    e = torch.zeros(4, 8)
+    for wrong in (False, True):
+        bench = SimpleNamespace(pipe=SimpleNamespace(unet=FlowOracleUNet(z, wrong), device="cpu"))
+        losses = [b["loss"] for b in band_losses(bench, z, e, e, draws=2)]
+        assert len(losses) == N_BANDS
+        # the velocity's size is |eps - x0|^2 ~ 2 in every band; the oracle's error is round-off,
+        # which 1 / s magnifies near t = 0 (the first band)
+        assert all(x > 1.0 for x in losses) if wrong else max(losses[1:]) < 1e-6

@@ -27,7 +27,7 @@ import torch
 from ..config import SampleSpec
 from ..data.io import read_index
 from ..data.toyshapes import write_toyshapes
-from ..diffusion import make_scheduler, target_for
+from ..diffusion import is_flow, make_scheduler, noisy, target_for
 from ..stages.embed import embed_folder
 from ..stages.vae import encode_latents
 from .generate import VIEW_RES, Bench, _view, measure_latents, summary_line, true_latents
@@ -121,9 +121,12 @@ def band_losses(bench: Bench, z: torch.Tensor, e_i: torch.Tensor, e_s: torch.Ten
         lo, hi = b * T // N_BANDS, (b + 1) * T // N_BANDS
         total = 0.0
         for _ in range(draws):
-            t = torch.randint(lo, hi, (len(z),), generator=g)
+            if is_flow(scheduler):  # the flow's timesteps are continuous, as in its training draws
+                t = lo + (hi - lo) * torch.rand(len(z), generator=g)
+            else:
+                t = torch.randint(lo, hi, (len(z),), generator=g)
             noise = torch.randn(z.shape, generator=g)
-            x_t = scheduler.add_noise(z, noise, t)
+            x_t = noisy(scheduler, z, noise, t)
             pred = unet(x_t.to(device), t.to(device), e_i.to(device), e_s.to(device)).cpu()
             total += float(torch.nn.functional.mse_loss(pred, target_for(scheduler, z, noise, t)))
         out.append({"band": [lo / T, hi / T], "loss": total / draws})
