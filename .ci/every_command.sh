@@ -54,6 +54,9 @@ run compress3d-lite train embed --preset lite --data out/toy --out out/embed --s
 run compress3d-lite train prior --preset lite --embed out/embed --out out/prior --steps 2 --batch-size 4
 run compress3d-lite train diffusion --preset lite --vae out/ae/model --embed out/embed --data out/toy \
     --out out/unet --steps 2 --batch-size 2
+run compress3d-lite train start --run out/unet --steps 3
+run compress3d-lite generate "$samples/toyshapes/images/000003_0.png" -o out/generate_start --steps 5 --res 64 \
+    --start regression
 run compress3d-lite train prior --preset lite --dry-run
 run compress3d-lite evaluate ae --n 2 --res 32
 run compress3d-lite evaluate embed --n 4
@@ -62,7 +65,8 @@ run compress3d-lite evaluate generate --n 2 --res 32 --steps 3
 run compress3d-lite evaluate paper --n 2 --views 1 --view-res 32 --mesh-res 32 --steps 3 --ablations none \
     --out out/paper
 for f in out/generate/000003_0.glb out/generate/generate.json out/reconstruct.glb out/demo/index.html \
-         out/ae/model/model.safetensors out/unet/unet/model.safetensors out/paper/paper_eval.md; do
+         out/ae/model/model.safetensors out/unet/unet/model.safetensors out/unet/unet/start/model.safetensors \
+         out/generate_start/000003_0.glb out/paper/paper_eval.md; do
     [ -s "$f" ] || { echo "FAILED: $f was not written"; exit 1; }
 done
 echo "every command ran"

@@ -10,8 +10,10 @@ course_v1, course_ddpm or course):
     compress3d-lite evaluate sweep --pipeline DIR --split val --guidance-grid 1,2,3x1,2 --intervals 0-1,0-0.8,0-0.6,0.2-1 \
         --rescales 0,0.7 --apply --json benchmarks/results/sweep_course_val.json     # DIR: the new UNet's pipeline folder
     compress3d-lite evaluate generate --pipeline NAME --split test --json benchmarks/results/generate_NAME_test.json
-    compress3d-lite evaluate diagnose --pipeline course_ddpm --bounds runs/bounds \
-        --json benchmarks/results/diagnose_bounds_course_ddpm_val.json     # 7.6 min, the bounds' objects included
+    compress3d-lite evaluate generate --pipeline course --split test --start regression \
+        --json benchmarks/results/generate_course_start_test.json        # the row "shipped, --start regression"
+    compress3d-lite evaluate diagnose --pipeline NAME --split val --bounds runs/bounds \
+        --json benchmarks/results/diagnose_bounds_NAME_val.json     # 9 min, the bounds' objects included
     bash benchmarks/objective_sweep.sh                                     # objective_sweep_val.json, ~40 min
 """
 
@@ -19,7 +21,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = {"course_v1": "first course UNet", "course_ddpm": "DDPM course UNet", "course": "shipped (rectified flow)"}
+MODELS = {"course_v1": "first course UNet", "course_ddpm": "DDPM course UNet", "course": "shipped (rectified flow)",
+          "course_start": "shipped, --start regression"}
 
 
 def _load(name):
@@ -53,6 +56,38 @@ def colour_table(reports: dict) -> str:
                           f"{_f(s['colour_parts_median'])} / {_f(s.get('colour_mesh_parts_median'))}")
 
 
+BOUND_ROWS = ("shipped", "true shape emb.")  # beside the bound rows, the UNet's own two rows
+
+
+def bounds_table(reports: dict) -> str:
+    """The bounds (evaluate diagnose --bounds) beside the UNet's rows, one block per model:
+    median IoU / near-surface IoU / category accuracy / worst category / colour (render, per part)."""
+    lines = ["| model | row | IoU / near / category | worst category | colour render / per part |", "|---|---|---|---|---|"]
+    for m, rep in reports.items():
+        for r in rep["rows"]:
+            if r["name"] in BOUND_ROWS or r["name"].startswith(("retrieval", "regression")):
+                s = r["summary"]
+                lines.append(f"| {MODELS[m]} | {r['name']} | {_f(s['iou_median'])} / {_f(s['iou_near_median'])} / "
+                             f"{_f(s['category_acc'])} | {s['worst_category']} {_f(s['worst_category_iou'], '.2f')} | "
+                             f"{_f(s.get('colour_view_median'))} / {_f(s.get('colour_parts_median'))} |")
+    return "\n".join(lines)
+
+
+def bands_table(reports: dict) -> str:
+    """The UNet's loss per noise band (its own parametrisation), training | held-out latents."""
+    lines = ["| t / T | " + " | ".join(f"{MODELS[m]}: train / held-out (gap)" for m in reports) + " |",
+             "|---|" + "---|" * len(reports)]
+    bands = {m: rep["bounds"]["bands"] for m, rep in reports.items()}
+    first = next(iter(bands.values()))
+    for i, b in enumerate(first["train"]):
+        cells = []
+        for m in reports:
+            tr, ho = bands[m]["train"][i]["loss"], bands[m]["held_out"][i]["loss"]
+            cells.append(f"{tr:.3f} / {ho:.3f} ({100 * (ho / tr - 1):+.0f}%)")
+        lines.append(f"| {b['band'][0]:.1f}-{b['band'][1]:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def sweep_table(sweep: dict) -> str:
     """Every row of a sweep, with the score the sweep ranks by (the mean of the three IoU medians)."""
     lines = ["| setting (guidance image/shape, sampler steps) | median IoU | near surface | worst category | score | "
@@ -83,6 +118,8 @@ def test_table(reports: dict) -> str:
              "| image sim. | CD-L1 | colour (render) | colour per part |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rep in reports.items():
         for variant, suffix in (("with_prior", ""), ("without_prior", " (no prior)")):
+            if variant == "without_prior" and rep["settings"].get("start") == "regression":
+                continue  # without the prior the UNet starts from noise: the row above it already
             s = rep[variant]
             lines.append(f"| {MODELS[m]}{suffix} | {_f(s['iou_median'])} | {_f(s['iou_near_median'])} | "
                          f"{s['worst_category']} {_f(s['worst_category_iou'], '.2f')} | {_f(s['category_acc'])} | "
@@ -109,6 +146,11 @@ def main():
             print("## Where colour is lost (val split)\n")
             print(colour_table({m: r for m, r in diagnoses.items() if "colour_parts_median" in r["rows"][0]["summary"]}),
                   "\n")
+    bounds = _stored("diagnose_bounds_{}_val.json")
+    if bounds:
+        print("## Bounds (val split)\n")
+        print(bounds_table(bounds), "\n")
+        print(bands_table(bounds), "\n")
     objective = _load("objective_sweep_val.json")
     if objective:
         print("## Objective x timestep bias (val split)\n")

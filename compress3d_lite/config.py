@@ -34,6 +34,8 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 OBJECTIVES = ("ddpm", "rectified_flow")
 TIMESTEPS = ("uniform", "logit_normal")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# where the pipeline's UNet starts: pure noise (the paper), or its StartEstimate noised partway
+STARTS = ("noise", "regression")
 
 
 def fast_mode() -> bool:

@@ -162,11 +162,16 @@ def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> to
 
 
 def clean_estimate(scheduler, x_t, t, out) -> torch.Tensor:
-    """The model's estimate of x_0 from its output ``out`` at x_t: x_t - s v for the flow; for DDPM
-    by its parametrisation (DPM-Solver's steps do not return it, DDIM's and DDPM's do)."""
+    """The model's estimate of x_0 from its output ``out`` at x_t (t: one timestep, or one per
+    sample, (B,)): x_t - s v for the flow; for DDPM by its parametrisation (DPM-Solver's steps do
+    not return it, DDIM's and DDPM's do)."""
+    per_sample = torch.is_tensor(t) and t.dim() == 1
+    shape = (-1, *[1] * (x_t.dim() - 1))
     if is_flow(scheduler):
-        return x_t - float(t) / scheduler.config.num_train_timesteps * out
-    a = scheduler.alphas_cumprod.to(x_t.device)[int(t)]
+        s = (t.float().view(shape) if per_sample else float(t)) / scheduler.config.num_train_timesteps
+        return x_t - s * out
+    alphas = scheduler.alphas_cumprod.to(x_t.device)
+    a = alphas[t.long()].view(shape) if per_sample else alphas[int(t)]
     kind = scheduler.config.prediction_type
     if kind == "sample":
         return out

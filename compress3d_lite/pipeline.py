@@ -42,19 +42,13 @@ from .config import check_count, pick_device
 from .data.images import ImageError, load_image
 from .data.io import OutputError, atomic_write_bytes, writing_into
 from .diffusion import make_scheduler, sampler_fits
-from .mesh import (
-    MESH_FORMATS,
-    MeshingError,
-    check_mesh_resolution,
-    extract_mesh,
-    mesh_names,
-    remove_earlier_run,
-    save_mesh,
-)
+from .mesh import (MESH_FORMATS, MeshingError, check_mesh_resolution, extract_mesh, mesh_names, remove_earlier_run,
+                   save_mesh)
 from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
 from .stages.embed import check_tower, embed_images, load_towers
 from .stages.prior import load_prior
+from .stages.start import START_FOLDER, check_start, load_start
 from .stages.unet import check_guidance, load_unet
 from .stages.vae import load_vae
 
@@ -121,8 +115,9 @@ def _generators(generator, seed, n: int) -> list:
 
 
 class Compress3DPipeline:
-    def __init__(self, vae, tower, shape_tower, prior, unet):
+    def __init__(self, vae, tower, shape_tower, prior, unet, start=None):
         self.vae, self.tower, self.shape_tower, self.prior, self.unet = vae, tower, shape_tower, prior, unet
+        self.start = start  # the UNet's StartEstimate (models/start_estimate.py), or None
         self.vae_cfg, self.unet_cfg = vae.checkpoint_info or {}, unet.checkpoint_info or {}
         self.shape_points = int((shape_tower.checkpoint_info or {}).get("train", {}).get("n_points", 512))
         # the guidance scales used when none are given: the UNet checkpoint's measured best, else the paper's
@@ -153,7 +148,7 @@ class Compress3DPipeline:
         if ucfg.get("shape_tower") != scfg.get("fingerprint"):
             raise CheckpointError(f"{parts['unet']}: was trained with another shape tower than {parts['embed']}")
         prior, _ = load_prior(parts["prior"], image_tower=tower, use_ema=use_ema)
-        return cls(vae, tower, shape_tower, prior, unet).to(device or pick_device())
+        return cls(vae, tower, shape_tower, prior, unet, load_start(parts["unet"])).to(device or pick_device())
 
     def save_pretrained(self, save_directory) -> Path:
         """One subfolder per part (each the part's own ``save_pretrained``) and ``pipeline.json``;
@@ -167,6 +162,8 @@ class Compress3DPipeline:
         self.shape_tower.save_pretrained(root / "embed" / "shape_tower")
         self.prior.save_pretrained(root / "prior")
         self.unet.save_pretrained(root / "unet")
+        if self.start is not None:
+            self.start.save_pretrained(root / "unet" / START_FOLDER)
         from . import __version__
 
         info = {"format": PIPELINE_FORMAT, "library": "compress3d_lite", "version": __version__,
@@ -193,7 +190,7 @@ class Compress3DPipeline:
     def to(self, device) -> "Compress3DPipeline":
         """Move every part (and the latent statistics) to ``device``; returns the pipeline."""
         device = str(torch.device(device))
-        for part in (self.vae, self.tower, self.shape_tower, self.prior, self.unet):
+        for part in filter(None, (self.vae, self.tower, self.shape_tower, self.prior, self.unet, self.start)):
             part.to(device)
         self.latent_mean, self.latent_std = self.latent_mean.to(device), self.latent_std.to(device)
         self.device = device
@@ -243,11 +240,14 @@ class Compress3DPipeline:
                        shape_guidance_scale: float | None = None, generators=None, use_prior: bool = True,
                        callback=None, progress: bool = True, sampler: str | None = None,
                        x_start: torch.Tensor | None = None, strength: float = 1.0,
-                       guidance_interval: tuple | None = None, guidance_rescale: float | None = None) -> torch.Tensor:
+                       guidance_interval: tuple | None = None, guidance_rescale: float | None = None,
+                       start: str = "noise") -> torch.Tensor:
         """Normalised latents (B, 3, c', r', r') for the embeddings, with dual guidance
         (``TriplaneUNet.sample``); scales, their noise interval and rescale, sampler and steps default
         to the checkpoint's. ``x_start`` (normalised latents) with ``strength`` < 1: start from them
-        noised partway (``diffusion.sample``)."""
+        noised partway (``diffusion.sample``); ``start="regression"``: from the StartEstimate's."""
+        if start == "regression":  # at the estimate's own strength unless one below 1 is given
+            x_start, strength = self.start(e_i, e_s), (self.start.cfg.strength if strength >= 1.0 else strength)
         sampler = sampler or self.sampler
         if f"unet {sampler}" not in self._samplers:
             self._samplers[f"unet {sampler}"] = make_scheduler(self.unet.diffusion_cfg, sampler)
@@ -283,16 +283,17 @@ class Compress3DPipeline:
     def __call__(self, images, num_inference_steps: int | None = None, image_guidance_scale: float | None = None,
                  shape_guidance_scale: float | None = None, generator=None, seed: int | None = None,
                  use_prior: bool = True, prior_steps: int | None = None, mesh_resolution: int = 128,
-                 callback=None, sampler: str | None = None) -> Compress3DPipelineOutput:
+                 callback=None, sampler: str | None = None, start: str = "noise") -> Compress3DPipelineOutput:
         """Image(s) -> coloured mesh(es): one image or a list of them, processed as one batch.
         ``generator``: a torch.Generator or one per image; ``seed``: short for one generator per
         image seeded seed, seed + 1, ... (default 0). ``callback(i, t, x_t, x0_pred)`` sees every
-        denoising step. Steps, sampler and guidance: the checkpoint's unless given."""
+        denoising step. Steps, sampler and guidance: the checkpoint's unless given. ``start``: "noise"
+        (the paper) or "regression" (from the UNet's StartEstimate noised partway; docs/stages.md)."""
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("no images given")
         self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
-                            prior_steps=prior_steps, sampler=sampler)
+                            prior_steps=prior_steps, sampler=sampler, start=start, use_prior=use_prior)
         gens = _generators(generator, seed, len(images))
         images = [load_image(img) for img in images]  # every image checked before any computation
         timings, t0 = {}, time.perf_counter()
@@ -305,7 +306,7 @@ class Compress3DPipeline:
             timings["prior"] = time.perf_counter() - t
         t = time.perf_counter()
         z = self.sample_latents(e_i, e_s, num_inference_steps, image_guidance_scale, shape_guidance_scale, gens,
-                                use_prior, callback, sampler=sampler)
+                                use_prior, callback, sampler=sampler, start=start)
         timings["diffusion"] = time.perf_counter() - t
         t = time.perf_counter()
         meshes, errors, latents = self.decode(z, mesh_resolution)
@@ -316,10 +317,10 @@ class Compress3DPipeline:
     # ------------------------------------------------------------------ files in, files out
     def check_settings(self, num_inference_steps: int | None = None, mesh_resolution: int = 128,
                        image_guidance_scale=None, shape_guidance_scale=None, prior_steps: int | None = None,
-                       sampler: str | None = None) -> None:
-        """Refuse settings that cannot work, before any computation, with a TypeError or ValueError
-        naming the argument: steps outside the noise schedule, a grid that does not fit in memory,
-        guidance that is not a bounded number, an unknown sampler."""
+                       sampler: str | None = None, start: str = "noise", use_prior: bool = True) -> None:
+        """Refuse settings that cannot work (steps outside the schedule, a grid too large for memory, an
+        unbounded guidance, an unknown sampler or start) before any computation, naming the argument."""
+        check_start(start, self.start, use_prior)
         t_max = self.unet.diffusion_cfg.train_timesteps
         if num_inference_steps is not None:
             check_count("num_inference_steps", num_inference_steps, 1, t_max)
@@ -334,7 +335,7 @@ class Compress3DPipeline:
     def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
                        use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
                        shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
-                       log=print, overwrite: bool = False, sampler: str | None = None) -> dict:
+                       log=print, overwrite: bool = False, sampler: str | None = None, start: str = "noise") -> dict:
         """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, numbered
         when stems clash) and ``out_dir/generate.json``: the settings (the guidance scales used and
         where they came from) and per image its mesh, sizes and timings, or its error. Images go
@@ -349,7 +350,7 @@ class Compress3DPipeline:
             raise ValueError(f"format must be one of {', '.join(f[1:] for f in MESH_FORMATS)}, got {format!r}")
         check_count("batch_size", batch_size, 1)
         self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
-                            sampler=sampler)
+                            sampler=sampler, start=start, use_prior=use_prior)
         names = mesh_names(images)
         with writing_into(out_dir, "generate") as out:  # every image failed: no empty folder is left
             earlier = out / "generate.json"
@@ -362,18 +363,18 @@ class Compress3DPipeline:
                 remove_earlier_run(out, earlier)
             report = self._generate_files(images, out, names, format, num_inference_steps, seed, use_prior,
                                           mesh_resolution, image_guidance_scale, shape_guidance_scale, batch_size,
-                                          about, log, sampler or self.sampler)
+                                          about, log, sampler or self.sampler, start)
         return report
 
     def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,
-                        image_guidance_scale, shape_guidance_scale, batch_size, about, log, sampler) -> dict:
+                        image_guidance_scale, shape_guidance_scale, batch_size, about, log, sampler, start) -> dict:
         gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
         num_inference_steps = self.steps if num_inference_steps is None else num_inference_steps
         source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
                   "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
         report = {**(about or {}), "settings": {"sampler": sampler, "steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
                                                 "res": mesh_resolution, "guidance_image": gi, "guidance_shape": gs,
-                                                "guidance_source": source, "batch_size": batch_size},
+                                                "guidance_source": source, "batch_size": batch_size, "start": start},
                   "images": [None] * len(images), "n_failed": 0}
 
         def fail(i, path, message):
@@ -390,7 +391,7 @@ class Compress3DPipeline:
         for k in range(0, len(loaded), batch_size):
             chunk = loaded[k:k + batch_size]
             result = self([img for _, _, img in chunk], num_inference_steps, gi, gs, seed=None, use_prior=use_prior,
-                          mesh_resolution=mesh_resolution, sampler=sampler, generator=[torch.Generator().manual_seed(seed + i)
+                          mesh_resolution=mesh_resolution, sampler=sampler, start=start, generator=[torch.Generator().manual_seed(seed + i)
                                                                       for i, _, _ in chunk])
             per_image = {name: value / len(chunk) for name, value in result.timings.items()}
             for (i, path, _), mesh, error in zip(chunk, result.meshes, result.errors):

@@ -22,7 +22,8 @@ def check_seed(seed, n: int = 1, option: str = "--seed") -> None:
 
 GENERATE_FLAGS = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
                   "shape_guidance_scale": "--guidance-shape", "batch_size": "--batch-size", "format": "--format",
-                  "sampler": "--sampler", "prior_steps": "--prior-steps"}
+                  "sampler": "--sampler", "prior_steps": "--prior-steps", "start": "--start",
+                  "use_prior=False": "--no-prior"}
 
 
 def as_flags(error: Exception, flags: dict = GENERATE_FLAGS) -> CLIError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import SAMPLERS
+from ..config import SAMPLERS, STARTS
 from .common import CLIError, group, json_path_arg
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +64,7 @@ def cmd_evaluate_generate(args):
     json_path_arg(args)
     report = evaluate_generate(args.pipeline, split=args.split, n=args.n, res=args.res, steps=args.steps,
                                guidance_image=args.guidance_image, guidance_shape=args.guidance_shape, seed=args.seed,
-                               sampler=args.sampler)
+                               sampler=args.sampler, start=args.start)
     print(f"evaluate generate: pipeline {args.pipeline}, split {args.split} (seed {report['seed']}), "
           f"{report['seconds']:.0f} s")
     print(format_generate(report))
@@ -189,6 +189,9 @@ def add_parsers(sub) -> None:
     evg.add_argument("--guidance-image", type=float, default=None, help="image guidance scale (default: the checkpoint's)")
     evg.add_argument("--guidance-shape", type=float, default=None, help="shape guidance scale (default: the checkpoint's)")
     evg.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    evg.add_argument("--start", default="noise", choices=STARTS,
+                     help="where the UNet starts with the prior: noise (the paper; default) or regression (its start "
+                          "estimate noised partway, when the UNet has one)")
     evg.add_argument("--json", default=None, help="write the full report here")
     evg.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     evg.set_defaults(func=cmd_evaluate_generate)

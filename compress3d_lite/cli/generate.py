@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..config import SAMPLERS
+from ..config import SAMPLERS, STARTS
 from .common import EXIT_BAD_INPUT, CLIError, as_flags, check_seed
 
 
@@ -46,19 +46,21 @@ def cmd_generate(args):
     pipe = Compress3DPipeline.from_pretrained(args.pipeline, device=args.device)
     load_seconds = time.perf_counter() - t0
     try:
-        pipe.check_settings(args.steps, args.res, args.guidance_image, args.guidance_shape, sampler=args.sampler)
+        pipe.check_settings(args.steps, args.res, args.guidance_image, args.guidance_shape, sampler=args.sampler,
+                            start=args.start, use_prior=not args.no_prior)
     except (TypeError, ValueError) as e:
         raise as_flags(e) from None
     gi, gs = pipe.guidance(args.guidance_image, args.guidance_shape)
     print(f"generate: pipeline {args.pipeline} loaded in {load_seconds:.1f} s (image tower "
           f"{pipe.tower.identity()['name']}, device {pipe.device}); {'with' if not args.no_prior else 'without'} "
-          f"the prior, {args.sampler or pipe.sampler} {args.steps or pipe.steps} steps, guidance image {gi:g} / shape {gs:g}")
+          f"the prior, {args.sampler or pipe.sampler} {args.steps or pipe.steps} steps, guidance image {gi:g} / shape {gs:g}"
+          + (f", from the start estimate at t/T {pipe.start.cfg.strength:g}" if args.start == "regression" else ""))
     pipe.set_progress_bar_config(disable=True)
     report = pipe.generate_files(args.images, out, format=args.format, num_inference_steps=args.steps, seed=args.seed,
                                  use_prior=not args.no_prior, mesh_resolution=args.res,
                                  image_guidance_scale=args.guidance_image, shape_guidance_scale=args.guidance_shape,
                                  batch_size=args.batch_size, overwrite=args.overwrite, sampler=args.sampler,
-                                 about={"pipeline": str(args.pipeline), "load_seconds": load_seconds})
+                                 start=args.start, about={"pipeline": str(args.pipeline), "load_seconds": load_seconds})
     return EXIT_BAD_INPUT if report["n_failed"] else 0
 
 
@@ -122,6 +124,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--batch-size", type=int, default=8,
                    help="images run through the prior and the UNet together (default %(default)s)")
     g.add_argument("--no-prior", action="store_true", help="condition on the image embedding only (ablation)")
+    g.add_argument("--start", default="noise", choices=STARTS,
+                   help="where the triplane diffusion starts: noise (the paper; default) or regression (the UNet's "
+                        "start estimate from the two embeddings, noised partway: better colours; docs/stages.md)")
     g.add_argument("--res", type=int, default=128, help="marching-cubes grid (default %(default)s)")
     g.add_argument("--guidance-image", type=float, default=None,
                    help="image guidance scale (default: the checkpoint's measured best; paper best 5.0)")

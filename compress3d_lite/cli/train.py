@@ -1,4 +1,5 @@
-"""``compress3d-lite train ae|embed|prior|diffusion``: train a stage, or size it with --dry-run.
+"""``compress3d-lite train ae|embed|prior|diffusion``: train a stage, or size it with --dry-run;
+``train start``: the UNet's start estimate, from a finished diffusion run.
 Each command only parses; the stage modules (``compress3d_lite/stages/``) do the work."""
 
 from __future__ import annotations
@@ -112,12 +113,28 @@ def cmd_train_prior(args):
 
 def cmd_train_diffusion(args):
     overrides = {"grad_checkpoint": True} if args.grad_checkpoint else {}
+    if args.surface_weight is not None:
+        overrides["surface_weight"] = args.surface_weight
     if args.dry_run:
         return _dry_run("diffusion", args, **overrides)
     from ..stages.unet import train_unet
 
     return _train(train_unet, args, required=["out", "vae", "embed"], vae=args.vae, embed=args.embed,
                   overrides=overrides, diffusion=_objective(args))
+
+
+def cmd_train_start(args):
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if not 0 < args.strength < 1:
+        raise CLIError(f"--strength must be in (0, 1), got {args.strength}")
+    check_seed(args.seed)
+    from ..stages.start import train_start
+
+    done = train_start(args.run, steps=args.steps or 1500, strength=args.strength, seed=args.seed or 0,
+                       overwrite=args.overwrite, half=args.half)
+    print(f"wrote {done['folder']} (final loss {done['final_loss']:.4f}, {done['seconds']:.0f} s)")
+    return 0
 
 
 def _objective(args) -> dict:
@@ -206,4 +223,20 @@ def add_parsers(sub) -> None:
     df.add_argument("--logit-mean", type=float, default=None,
                     help="logit-normal mean: above 0 spends more training samples near the noise")
     df.add_argument("--logit-std", type=float, default=None, help="logit-normal std")
+    df.add_argument("--surface-weight", type=float, default=None,
+                    help="add this weight x the occupancy loss of the UNet's clean estimate, decoded by the VAE, at "
+                         "near-surface points (0: off, every preset; docs/stages.md)")
     df.set_defaults(func=cmd_train_diffusion)
+
+    st = tr.add_parser("start", help="the UNet's start estimate: (e_i, e_s) -> latent, for generate --start regression",
+                       description="Fit the start estimate of a finished `train diffusion` run (an MLP from the two "
+                                   "embeddings to the latent, MSE, on the latents the run cached) and write it to "
+                                   "RUN/unet/start; docs/stages.md.")
+    st.add_argument("--run", required=True, help="the output folder of train diffusion (latents.safetensors, unet/)")
+    st.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1500)")
+    st.add_argument("--strength", type=float, default=0.5,
+                    help="the noise level t/T the UNet starts from, recorded as the default (default %(default)s)")
+    st.add_argument("--seed", type=int, default=None, help="seed of the initialisation and the batches (default 0)")
+    st.add_argument("--overwrite", action="store_true", help="replace RUN/unet/start")
+    st.add_argument("--half", action="store_true", help="store the weights in fp16")
+    st.set_defaults(func=cmd_train_start)

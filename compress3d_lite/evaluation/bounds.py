@@ -5,8 +5,12 @@ measured on the val split beside the diagnosis rows (``evaluate diagnose --bound
                             its VAE latent decoded: what memorising the training set would give
     retrieval (true e_s)    the same from the true object's shape embedding (a perfect prior)
     regression              a small deterministic MLP (e_i, e_s) -> normalised latent, trained with
-                            MSE for a fixed short budget on the training objects: a generator
-                            without noise (with the prior's sample, and with the true e_s)
+                            MSE for a fixed short budget on the training objects (the pipeline's
+                            StartEstimate, ``stages/start.fit_start``): a generator without noise
+                            (with the prior's sample, and with the true e_s)
+    regression, refined     the regression's latent (prior e_s) noised to t/T = s and denoised by the
+                            UNet (the pipeline's SDEdit start): whether the deterministic estimate's
+                            colours and the UNet's detail combine
     loss per noise band     the shipped UNet's loss (its own parametrisation, MSE) in bands of the
                             timestep, on training latents and on held-out latents: where in the
                             noise range the model is still wrong, and whether it memorised
@@ -21,7 +25,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import SampleSpec
@@ -29,6 +32,7 @@ from ..data.io import read_index
 from ..data.toyshapes import write_toyshapes
 from ..diffusion import is_flow, make_scheduler, noisy, target_for
 from ..stages.embed import embed_folder
+from ..stages.start import fit_start
 from ..stages.vae import encode_latents
 from .generate import VIEW_RES, Bench, _view, measure_latents, summary_line, true_latents
 
@@ -74,36 +78,18 @@ def retrieve(gallery: dict, e_s: torch.Tensor) -> torch.Tensor:
     return gallery["z"][best]
 
 
-class LatentRegressor(torch.nn.Module):
-    """(e_i, e_s) -> normalised latent: an MLP on the two concatenated embeddings."""
-
-    def __init__(self, dim: int, latent_shape: tuple, width: int = 512):
-        super().__init__()
-        self.latent_shape = latent_shape
-        self.net = torch.nn.Sequential(torch.nn.Linear(2 * dim, width), torch.nn.SiLU(),
-                                       torch.nn.Linear(width, width), torch.nn.SiLU(),
-                                       torch.nn.Linear(width, int(np.prod(latent_shape))))
-
-    def forward(self, e_i, e_s):
-        return self.net(torch.cat([e_i, e_s], dim=1)).view(-1, *self.latent_shape)  # (B, 3, c', r', r')
-
-
-def fit_regressor(gallery: dict, steps: int = 1500, batch: int = 64, lr: float = 1e-3, seed: int = 0) -> tuple:
-    """The regression bound's model, trained with MSE for ``steps`` steps; (model, final loss)."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    z, e_i, e_s = gallery["z"], gallery["e_i"], gallery["e_s"]
-    model = LatentRegressor(e_s.shape[1], tuple(z.shape[1:]))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        idx = torch.randint(0, len(z), (batch,), generator=g)
-        loss = torch.nn.functional.mse_loss(model(e_i[idx], e_s[idx]), z[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval(), loss.item()
+@torch.no_grad()
+def refine(bench: Bench, e_i: torch.Tensor, e_s: torch.Tensor, z_start: torch.Tensor, strength: float,
+           seed: int = 0, batch: int = 8) -> torch.Tensor:
+    """Normalised latents: ``z_start`` noised to t/T = ``strength`` and denoised by the UNet at the
+    checkpoint's defaults (one generator of ``seed`` per case, as the diagnosis rows)."""
+    pipe, out = bench.pipe, []
+    for k in range(0, len(z_start), batch):
+        part = slice(k, k + batch)
+        gens = [torch.Generator().manual_seed(seed) for _ in range(len(z_start[part]))]
+        out.append(pipe.sample_latents(e_i[part], e_s[part], generators=gens, progress=False,
+                                       x_start=z_start[part].to(pipe.device), strength=strength))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -134,12 +120,12 @@ def band_losses(bench: Bench, z: torch.Tensor, e_i: torch.Tensor, e_s: torch.Ten
 
 
 def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | None = None,
-           regression_steps: int = 1500, progress: bool = True) -> dict:
+           regression_steps: int = 1500, progress: bool = True, refine_strengths: tuple = (0.3, 0.5, 0.6, 0.8)) -> dict:
     """The bound rows (module docstring) as {"rows": [{name, note, summary}], "bands": {...}}."""
     t0 = time.perf_counter()
     gallery = training_gallery(bench, cache, n_train, progress)
     emb = case_embeddings(bench, seed)
-    model, final = fit_regressor(gallery, regression_steps, seed=seed)
+    model, final = fit_start(gallery["z"], gallery["e_i"], gallery["e_s"], regression_steps, seed=seed)
     rows = []
     for name, note, z in [
         ("retrieval (prior e_s)", "nearest training object to the prior's sample, decoded", retrieve(gallery, emb["e_s prior"])),
@@ -147,7 +133,10 @@ def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | Non
         ("regression (prior e_s)", f"MLP (e_i, e_s) -> latent, {regression_steps} MSE steps (final {final:.3f})",
          model(emb["e_i"].cpu(), emb["e_s prior"].cpu())),
         ("regression (true e_s)", "the same MLP with the true shape embedding", model(emb["e_i"].cpu(), emb["e_s true"].cpu())),
-    ]:
+    ] + [(f"regression -> UNet from t={s:g}", f"the regression's latent (prior e_s) noised to t/T = {s:g}, "
+          "denoised by the UNet", refine(bench, emb["e_i"], emb["e_s prior"],
+                                         model(emb["e_i"].cpu(), emb["e_s prior"].cpu()), s, seed))
+         for s in refine_strengths]:
         rows.append({"name": name, "note": note, "summary": measure_latents(bench, z.to(bench.pipe.device), res)[0]})
         if progress:
             print(summary_line("bounds", name, rows[-1]["summary"]), flush=True)

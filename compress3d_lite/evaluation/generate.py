@@ -94,6 +94,7 @@ class Variant:
     interval: tuple | None = None  # noise levels t / T where guidance applies; None: the checkpoint's
     rescale: float | None = None  # guidance rescale phi; None: the checkpoint's
     strength: float = 1.0  # < 1: start from the true latent noised partway (diffusion.sample)
+    start: str = "noise"  # "regression": the UNet starts from its StartEstimate (pipeline.STARTS)
     view_res: int = VIEW_RES  # resolution the input view is rendered at (the tower resizes it)
     decode_true: bool = False  # skip generation: decode the VAE latent of the true object (the ceiling)
     note: str = ""
@@ -172,7 +173,7 @@ def generate_case_latents(bench: Bench, v: Variant, seed: int = 0, batch: int = 
         x_start = true_latents(bench, idx) if v.strength < 1.0 else None
         out.append(pipe.sample_latents(e_i, e_s, v.steps, *v.guidance, gens, use_prior=v.shape != "none",
                                        progress=False, sampler=v.sampler, x_start=x_start, strength=v.strength,
-                                       guidance_interval=v.interval, guidance_rescale=v.rescale))
+                                       guidance_interval=v.interval, guidance_rescale=v.rescale, start=v.start))
     return torch.cat(out), (time.perf_counter() - t0) / len(bench.cases)
 
 
@@ -263,20 +264,23 @@ def settings_of(bench: Bench, v: Variant) -> dict:
     return {"sampler": v.sampler or bench.pipe.sampler, "steps": v.steps or bench.pipe.steps,
             "guidance_image": gi, "guidance_shape": gs,
             "guidance_interval": list(v.interval or d["interval"]),
-            "guidance_rescale": d["rescale"] if v.rescale is None else v.rescale}
+            "guidance_rescale": d["rescale"] if v.rescale is None else v.rescale, "start": v.start}
 
 
 def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: int = 64, steps: int | None = None,
                       guidance_image: float | None = None, guidance_shape: float | None = None, seed: int = 0,
                       device: str | None = None, progress: bool = True, sampler: str | None = None,
-                      batch: int = 8) -> dict:
-    """The main evaluation: with the prior and without it, every metric, per object and per category."""
+                      batch: int = 8, start: str = "noise") -> dict:
+    """The main evaluation: with the prior and without it, every metric, per object and per category.
+    ``start``: where the UNet starts with the prior ("noise" or "regression", which needs the prior's
+    shape embedding: the row without the prior always starts from noise)."""
     if res < 8:
         raise ValueError("--res must be >= 8")
     t_start = time.perf_counter()
     bench = make_bench(pipeline, split, n, device)
     common = {"steps": steps, "sampler": sampler, "guidance": (guidance_image, guidance_shape)}
-    variants = [Variant("with_prior", "prior", **common), Variant("without_prior", "none", **common)]
+    bench.pipe.check_settings(steps, sampler=sampler, start=start)
+    variants = [Variant("with_prior", "prior", start=start, **common), Variant("without_prior", "none", **common)]
     summaries, objects = {}, [{"index": c.item.index, "category": c.item.category} for c in bench.cases]
     for v in variants:
         if progress:

@@ -62,6 +62,10 @@ class UNetConfig(Config):
     # (train diffusion --preset a100_full --dry-run); turn it on for smaller GPUs or larger batches.
     grad_checkpoint: bool = False
     cond_map: bool = False  # conditions -> a spatial map at the lowest resolution (module docstring)
+    # training only (stages/unet.py, SurfaceObjective): > 0 adds the occupancy loss of the clean
+    # estimate, decoded by the frozen VAE, at this many near-surface points per object. 0 in every preset
+    surface_weight: float = 0.0
+    surface_points: int = 512
 
 
 def cross_plane_features(h: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,15 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
 from ..config import Config, ConfigError, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
-from ..diffusion import DiffusionConfig, make_scheduler
+from ..data.io import load_object, read_index
+from ..diffusion import DiffusionConfig, clean_estimate, draw_timesteps, make_scheduler, noisy, target_for
 from ..models.image_tower import fingerprint
 from ..models.triplane_unet import TriplaneUNet, UNetConfig
 from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator
@@ -88,6 +91,9 @@ def unet_preset(name: str, model: dict | None = None, train: dict | None = None,
     """A copy of the named preset with validated changes to its UNetConfig / TrainConfig /
     DiffusionConfig (the objective, its timesteps and sampler: checked together, as when loaded)."""
     p = choose_preset(PRESETS, name, "diffusion").override(model=model or {}, train=train or {})
+    if not (p.model.surface_weight >= 0 and p.model.surface_points >= 1):
+        raise ConfigError(f"model.surface_weight must be >= 0 and model.surface_points >= 1, got "
+                          f"{p.model.surface_weight} and {p.model.surface_points}")
     if diffusion:
         p.diffusion = DiffusionConfig.from_dict({**p.diffusion.to_dict(), **diffusion})
         if {"logit_mean", "logit_std"} & set(diffusion) and p.diffusion.timesteps != "logit_normal":
@@ -100,21 +106,73 @@ def unet_preset(name: str, model: dict | None = None, train: dict | None = None,
 
 
 class LatentTriples(torch.utils.data.Dataset):
-    """(normalised VAE latent, image embedding of one view, shape embedding) per object."""
+    """(normalised VAE latent, image embedding of one view, shape embedding) per object, and its
+    near-surface queries and occupancy when ``surface`` is given (for SurfaceObjective)."""
 
-    def __init__(self, latents, e_i, e_s, seed: int = 0):
+    def __init__(self, latents, e_i, e_s, seed: int = 0, surface: dict | None = None):
         self.z, self.e_i, self.e_s, self.seed = latents, e_i, e_s, seed  # (N, 3, c', r', r'), (N, V, D), (N, D)
+        self.surface = surface  # {"q": (N, K, 3), "occ": (N, K)} or None
 
     def __len__(self):
         return len(self.z)
 
     def __getitem__(self, key):
         i, v = drawn_view(key, self.seed, self.e_i.shape[1])
-        return {"z": self.z[i], "e_i": self.e_i[i, v], "e_s": self.e_s[i]}
+        item = {"z": self.z[i], "e_i": self.e_i[i, v], "e_s": self.e_s[i]}
+        if self.surface is not None:
+            item.update(q=self.surface["q"][i], occ=self.surface["occ"][i])
+        return item
+
+
+def near_surface_set(folder, n: int, seed: int = 0) -> dict:
+    """{"q": (N, n, 3), "occ": (N, n)}: ``n`` of each object's near-surface occupancy queries (the
+    part of ``occ_points`` after the uniform ones, as the folder's index records; all of them when it
+    does not), drawn once with ``seed``."""
+    index = read_index(folder)
+    n_uniform = int(index.get("spec", {}).get("n_uniform", 0))
+    rng = np.random.default_rng(seed)
+    qs, occs = [], []
+    for entry in index["objects"]:
+        obj = load_object(Path(folder) / entry["file"])
+        near = slice(n_uniform, None) if n_uniform < len(obj["occ_points"]) else slice(None)
+        q, occ = obj["occ_points"][near], obj["occ_labels"][near]
+        pick = rng.choice(len(q), size=n, replace=len(q) < n)
+        qs.append(torch.from_numpy(q[pick].astype(np.float32)))
+        occs.append(torch.from_numpy(occ[pick].astype(np.float32)))
+    return {"q": torch.stack(qs), "occ": torch.stack(occs)}
+
+
+class SurfaceObjective(Objective):
+    """The UNet's diffusion loss plus ``cfg.surface_weight`` x an occupancy loss of its clean
+    estimate (our addition, for thin parts; off in every preset): x0_hat = clean_estimate(x_t, out)
+    (diffusion.py), un-normalised and decoded by the frozen VAE, BCE against the true occupancy at
+    near-surface points, each sample weighted by its clean fraction 1 - t/T (at pure noise the
+    estimate is a posterior mean, a blur no sharp surface can be asked of)."""
+
+    def __init__(self, unet, scheduler, vae, mean, std):
+        super().__init__("unet", unet, scheduler)
+        self.frozen = (vae.eval().requires_grad_(False), mean, std)  # a tuple: neither trained nor saved
+
+    def forward(self, z, e_i, e_s, q, occ):  # z (B, 3, c', r', r'), q (B, K, 3), occ (B, K)
+        unet, (vae, mean, std), sched = self.unet, self.frozen, self.scheduler
+        drop_i, drop_s = (torch.rand(z.shape[0], device=z.device) < unet.cfg.cond_drop for _ in range(2))
+        noise = torch.randn_like(z)
+        t = draw_timesteps(sched, z.shape[0], z.device)
+        x_t = noisy(sched, z, noise, t)
+        out = unet(x_t, t, e_i, e_s, drop_i, drop_s)
+        diffusion = F.mse_loss(out, target_for(sched, z, noise, t))
+        x0 = clean_estimate(sched, x_t, t, out) * std[0] + mean[0]  # (B, 3, c', r', r'), the VAE's latent
+        logits, _ = vae.query(vae.decode(x0), q)  # (B, K)
+        clean = 1 - t.float() / sched.config.num_train_timesteps  # (B,)
+        surface = (F.binary_cross_entropy_with_logits(logits, occ, reduction="none").mean(1) * clean).mean()
+        return diffusion + unet.cfg.surface_weight * surface, {"diffusion": diffusion.detach(), "surface": surface.detach()}
 
 
 def unet_step(model, batch):
-    """The UNet's training step: batch z (B, 3, c', r', r'), e_i (B, D), e_s (B, D) -> (loss, {})."""
+    """The UNet's training step: batch z (B, 3, c', r', r'), e_i (B, D), e_s (B, D) [, q (B, K, 3),
+    occ (B, K) for SurfaceObjective] -> (loss, {logged parts})."""
+    if "q" in batch:
+        return model(batch["z"], batch["e_i"], batch["e_s"], batch["q"], batch["occ"])
     return model(batch["z"], batch["e_i"], batch["e_s"]), {}
 
 
@@ -159,8 +217,14 @@ def train_unet(preset: str, out, vae: str, embed: str, data: str | None = None, 
                              progress=progress),
         **embed_folder(tower, shape_tower, folder, n_points=shape_cfg["train"]["n_points"], progress=progress)})
     z = (saved["mu"] - mean[0].cpu()) / std[0].cpu()  # (N, 3, c', r', r'), about unit variance per channel
-    dataset = LatentTriples(z, saved["e_i"], saved["e_s"], seed=tcfg.seed)
+    surface = None
+    if p.model.surface_weight > 0:
+        surface = cached_tensors(out / "surface.safetensors", accelerator,
+                                 lambda: near_surface_set(folder, p.model.surface_points, tcfg.seed))
+    dataset = LatentTriples(z, saved["e_i"], saved["e_s"], seed=tcfg.seed, surface=surface)
     unet, model = build_unet(p)
+    if surface is not None:
+        model = SurfaceObjective(unet, model.scheduler, vae_model, mean, std)
     links = {"vae": {"preset": vae_cfg.get("preset"), "weights": fingerprint(vae_model.state_dict())},
              "image_tower": tower.identity(), "shape_tower": shape_cfg.get("fingerprint")}
     config = {"kind": "diffusion_training", "preset": preset, "model": model_cfg, "train": tcfg.to_dict(),
