@@ -46,4 +46,4 @@ run flow_ln15 "--objective rectified_flow --timesteps logit_normal --logit-mean 
     "rectified flow, logit-normal t, mean 1.5"
 # the near-surface occupancy loss on the decoded clean estimate (stages/unet.py, SurfaceObjective)
 run flow_ln1_surface "--objective rectified_flow --timesteps logit_normal --logit-mean 1 --surface-weight 1" euler \
-    "rectified flow, logit-normal t, mean 1, + near-surface occupancy loss (weight 1)"
+    "rectified flow, logit-normal t, mean 1, + surface loss"
