@@ -27,6 +27,10 @@ from dataclasses import asdict, dataclass, fields
 
 FAST_ENV = "C3D_FAST"
 HALF_EXTENT = 0.9  # the data frame: every object's bounding box fits in [-0.9, 0.9]^3 (docs/design.md §2)
+AMBIENT = 0.35  # the renders' shading: AMBIENT + (1 - AMBIENT) |cos(normal, view ray)| (data/render.py, field_renderer.py)
+# the paper's best guidance (docs/paper.md §5, §8.6), over the whole noise range, not rescaled: what the
+# pipeline samples with where a UNet checkpoint has no measured defaults of its own
+PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0, "interval": [0.0, 1.0], "rescale": 0.0}
 PRESET_NAMES = ("lite", "course", "colab_t4", "a100_full")  # every stage has these four (docs/design.md §4)
 # the choices of diffusion.DiffusionConfig, here so that the CLI offers them without importing torch
 SAMPLERS = ("ddim", "dpm", "ddpm", "euler")

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, resolve_folder
-from .config import check_count, pick_device
+from .config import PAPER_GUIDANCE, check_count, pick_device
 from .data.images import ImageError, load_image
 from .data.io import OutputError, atomic_write_bytes, writing_into
 from .diffusion import make_scheduler, sampler_fits
@@ -50,14 +50,12 @@ from .stages.embed import check_tower, embed_images, load_towers
 from .stages.prior import load_prior
 from .stages.start import START_FOLDER, check_start, load_start
 from .stages.unet import check_guidance, load_unet
-from .stages.vae import load_vae
+from .stages.vae import latent_stats, load_vae
 
 _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
 PRESETS = {"course": {**_COURSE, "unet": "unet_course"},  # rectified flow (docs/stages.md, "Stage 4")
            "course_ddpm": {**_COURSE, "unet": "unet_course_ddpm"},  # the DDPM course UNet before it
            "course_v1": {**_COURSE, "unet": "unet_course_v1"}}  # the first course UNet
-PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0,  # docs/paper.md §5, §8.6: the best pair at full scale,
-                  "interval": [0.0, 1.0], "rescale": 0.0}  # over the whole noise range, not rescaled
 PIPELINE_FORMAT = "compress3d_lite/pipeline-v1"
 PARTS = ("vae", "embed", "prior", "unet")
 
@@ -122,9 +120,7 @@ class Compress3DPipeline:
         self.shape_points = int((shape_tower.checkpoint_info or {}).get("train", {}).get("n_points", 512))
         # the guidance scales used when none are given: the UNet checkpoint's measured best, else the paper's
         self.default_guidance = {**PAPER_GUIDANCE, **self.unet_cfg.get("guidance", {})}
-        stats = self.unet_cfg["latent_stats"]
-        self.latent_mean = torch.tensor(stats["mean"]).view(1, 1, -1, 1, 1)
-        self.latent_std = torch.tensor(stats["std"]).view(1, 1, -1, 1, 1)
+        self.latent_mean, self.latent_std = latent_stats(self.unet_cfg)  # (1, 1, c', 1, 1) each
         self.device = "cpu"
         self._progress = {"disable": False}
         # the samplers are built once, here: the first call pays no scheduler construction

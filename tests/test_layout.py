@@ -165,3 +165,46 @@ def test_held_out_objects_are_one_recipe_with_a_stream_per_evaluator():
         held_out("dev", 3, "vae")
     with pytest.raises(ValueError, match="--n must be >= 2"):
         held_out("test", 1, "embed", min_n=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# one home for each shared fact: config.py, read from there by every module that needs it
+
+SHARED_FACTS = ("PAPER_GUIDANCE", "AMBIENT", "SAMPLERS", "OBJECTIVES", "TIMESTEPS", "STARTS", "HALF_EXTENT",
+                "PRESET_NAMES")
+
+
+def _defined_at_top(source: str) -> set:
+    """Names a module assigns at its top level."""
+    names = set()
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def test_each_shared_fact_is_defined_in_config_only():
+    homes = {name: [] for name in SHARED_FACTS}
+    for path in PACKAGE.rglob("*.py"):
+        for name in _defined_at_top(path.read_text()) & set(SHARED_FACTS):
+            homes[name].append(str(path.relative_to(PACKAGE)))
+    assert homes == {name: ["config.py"] for name in SHARED_FACTS}
+
+
+def test_the_one_home_check_sees_a_second_copy():
+    assert "AMBIENT" in _defined_at_top("AMBIENT = 0.35  # must match data/render.py\n")
+    assert "PAPER_GUIDANCE" in _defined_at_top("PAPER_GUIDANCE: dict = {'image': 5.0}\n")
+    assert not _defined_at_top("from ..config import AMBIENT\n")
+
+
+def test_the_unet_samples_with_the_papers_guidance_unless_told():
+    import inspect
+
+    from compress3d_lite.config import PAPER_GUIDANCE
+    from compress3d_lite.models.triplane_unet import TriplaneUNet
+
+    guided = inspect.signature(TriplaneUNet.guided).parameters
+    sample = inspect.signature(TriplaneUNet.sample).parameters
+    assert (guided["guidance_image"].default, guided["guidance_shape"].default) == sample["guidance"].default \
+        == (PAPER_GUIDANCE["image"], PAPER_GUIDANCE["shape"])
+    assert list(guided["interval"].default) == list(sample["interval"].default) == PAPER_GUIDANCE["interval"]

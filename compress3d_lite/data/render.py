@@ -23,9 +23,8 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
+from ..config import AMBIENT
 from .surface import ColoredMesh
-
-AMBIENT = 0.35  # shading = AMBIENT + (1 - AMBIENT) * |cos(normal, view ray)|
 
 
 def ray_backend() -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import SampleSpec
+from ..config import PAPER_GUIDANCE, SampleSpec
 from ..data.images import load_image
 from ..data.render import intrinsics, look_at, render_trimesh, render_views
 from ..mesh import MeshingError, query_points
@@ -62,7 +62,6 @@ PAPER_NO_PRIOR = {"fid": 66.46, "clip": 0.745}
 PAPER_ATTENTION = {"without": {"l_rgb": 3.798e-3, "l_mask": 6.953e-3, "l_depth": 2.637e-2, "s_per_step": 0.789},
                    "with": {"l_rgb": 2.485e-3, "l_mask": 5.059e-3, "l_depth": 2.095e-2, "s_per_step": 0.824}}
 PAPER_ATTN_RES = {128: 2.295, 64: 0.961, 32: 0.824}  # s / step; quality "about the same", 32 chosen
-PAPER_GUIDANCE = {"best": (5.0, 1.0), "fid": 53.21}
 ABLATIONS = ("prior", "guidance", "attention", "attn_res")
 N_IOU, N_SURFACE = 50_000, 10_000
 
@@ -248,7 +247,8 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
         "train_objects": pipe.unet_cfg.get("data", {}).get("n_objects"), "train_hours": _train_hours(parts),
         "device": str(pipe.device), "paper": {"main": PAPER_MAIN, "no_prior": PAPER_NO_PRIOR,
                                               "attention": PAPER_ATTENTION, "attn_res": PAPER_ATTN_RES,
-                                              "guidance": PAPER_GUIDANCE},
+                                              "guidance": {"best": (PAPER_GUIDANCE["image"], PAPER_GUIDANCE["shape"]),
+                                                           "fid": PAPER_MAIN["Compress3D"]["fid"]}},
         "main": evaluate_variant(pipe, objects, scorer, p, progress, desc="with prior"),
         "ablations": {},
     }

@@ -46,7 +46,7 @@ def train_seconds_per_step(cfg, batch_size: int = 8, n_points: int = 2048, n_occ
 
 
 @torch.no_grad()
-def render_losses(vae, objects: list, p: Protocol, progress: bool = True, desc: str = "reconstruct") -> dict:
+def reconstruction_errors(vae, objects: list, p: Protocol, progress: bool = True, desc: str = "reconstruct") -> dict:
     """The paper's AE metrics (8.3) on our renders: L_rgb (MSE of rgb on white), L_mask (MSE of the
     coverage mask), L_depth (mean |depth error| where both are covered) between the ground truth
     and the reconstruction's mesh, from the protocol's cameras; plus IoU / Chamfer / F."""
@@ -98,7 +98,7 @@ def ablate_attention(with_dir, without_dir, objects, p, progress=True) -> dict:
         vae, cfg = load_vae(d)
         t = cfg["train"]
         out[name] = {"checkpoint": str(d), "attn": vae.cfg.attn,
-                     **render_losses(vae, objects, p, progress, desc=f"AE {name} attention"),
+                     **reconstruction_errors(vae, objects, p, progress, desc=f"AE {name} attention"),
                      "s_per_step": train_seconds_per_step(vae.cfg, t["batch_size"], t["n_points"], t["n_occ"]),
                      "n_params": sum(q.numel() for q in vae.parameters())}
     return out
@@ -125,5 +125,5 @@ def ablate_attn_res(base_dir, resolutions, vae_dirs, objects, p, progress=True) 
         vae, _ = load_vae(d)
         r = int(vae.cfg.attn_res)
         rows.setdefault(r, {})["checkpoint"] = str(d)
-        rows[r].update(render_losses(vae, objects, p, progress, desc=f"AE r''={r}"))
+        rows[r].update(reconstruction_errors(vae, objects, p, progress, desc=f"AE r''={r}"))
     return {"volume_res": base.cfg.volume_res, "latent_res": base.cfg.latent_res, "rows": rows}

@@ -20,7 +20,7 @@ and offer these render losses as an option, rendered from the field itself in pu
 import torch
 import torch.nn.functional as F
 
-AMBIENT = 0.35  # must match data/render.py
+from ..config import AMBIENT
 
 
 def pixel_rays(cam2world, K, pix):

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config
+from ..config import PAPER_GUIDANCE, Config
 from ..diffusion import DiffusionConfig, diffusion_loss, sample
 from .blocks import Downsample, Upsample, checkpointed, norm, timestep_embedding
 from .hub import HubMixin
@@ -239,8 +239,9 @@ class TriplaneUNet(nn.Module, HubMixin):
         drop_s = torch.rand(z.shape[0], device=z.device) < p
         return diffusion_loss(lambda x, t: self(x, t, e_i, e_s, drop_i, drop_s), z, scheduler, "l2")
 
-    def guided(self, x, t, e_i, e_s, guidance_image: float = 5.0, guidance_shape: float = 1.0,
-               use_shape: bool = True, interval: tuple = (0.0, 1.0), rescale: float = 0.0):
+    def guided(self, x, t, e_i, e_s, guidance_image: float = PAPER_GUIDANCE["image"],
+               guidance_shape: float = PAPER_GUIDANCE["shape"], use_shape: bool = True,
+               interval: tuple = tuple(PAPER_GUIDANCE["interval"]), rescale: float = PAPER_GUIDANCE["rescale"]):
         """Dual classifier-free guidance (docs/paper.md §5: two scales, best s_image = 5, s_shape = 1):
 
             f~ = f(0, 0) + s_i * (f(i, 0) - f(0, 0)) + s_s * (f(i, s) - f(i, 0))
@@ -274,8 +275,9 @@ class TriplaneUNet(nn.Module, HubMixin):
         return guided
 
     @torch.no_grad()
-    def sample(self, e_i, e_s, guidance: tuple = (5.0, 1.0), use_shape: bool = True, interval: tuple = (0.0, 1.0),
-               rescale: float = 0.0, steps: int | None = None, sampler: str | None = None, generator=None,
+    def sample(self, e_i, e_s, guidance: tuple = (PAPER_GUIDANCE["image"], PAPER_GUIDANCE["shape"]),
+               use_shape: bool = True, interval: tuple = tuple(PAPER_GUIDANCE["interval"]),
+               rescale: float = PAPER_GUIDANCE["rescale"], steps: int | None = None, sampler: str | None = None, generator=None,
                x_T=None, scheduler=None, callback=None, progress: dict | None = None, x_start=None,
                strength: float = 1.0):
         """(B, D) unit embeddings -> (B, 3, c', r', r') normalised latents under dual guidance
