@@ -149,16 +149,18 @@ def target_for(scheduler, x0, noise, timesteps):
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1") -> torch.Tensor:
+def diffusion_loss(denoise, x0: torch.Tensor, scheduler, loss: str = "l1", parts: bool = False):
     """One Monte-Carlo estimate of the training objective for a batch of clean samples ``x0``
     (B, ...): a random t per sample, noise, the network's prediction, L1 (or L2) to the target.
-    ``denoise(x_t, t)`` is the network with its conditions bound."""
+    ``denoise(x_t, t)`` is the network with its conditions bound. ``parts``: (loss, (x_t, t, pred)),
+    for a loss that also looks at the prediction (``clean_estimate``)."""
     noise = torch.randn_like(x0)
     t = draw_timesteps(scheduler, x0.shape[0], x0.device)
     x_t = noisy(scheduler, x0, noise, t)
     pred = denoise(x_t, t)
     target = target_for(scheduler, x0, noise, t)
-    return F.l1_loss(pred, target) if loss == "l1" else F.mse_loss(pred, target)
+    value = F.l1_loss(pred, target) if loss == "l1" else F.mse_loss(pred, target)
+    return (value, (x_t, t, pred)) if parts else value
 
 
 def clean_estimate(scheduler, x_t, t, out) -> torch.Tensor:

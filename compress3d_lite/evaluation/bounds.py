@@ -126,16 +126,17 @@ def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | Non
     gallery = training_gallery(bench, cache, n_train, progress)
     emb = case_embeddings(bench, seed)
     model, final = fit_start(gallery["z"], gallery["e_i"], gallery["e_s"], regression_steps, seed=seed)
+    with torch.no_grad():
+        z_reg = model(emb["e_i"].cpu(), emb["e_s prior"].cpu())  # the regression from the prior's sample
     rows = []
     for name, note, z in [
         ("retrieval (prior e_s)", "nearest training object to the prior's sample, decoded", retrieve(gallery, emb["e_s prior"])),
         ("retrieval (true e_s)", "nearest training object to the true shape embedding", retrieve(gallery, emb["e_s true"])),
         ("regression (prior e_s)", f"MLP (e_i, e_s) -> latent, {regression_steps} MSE steps (final {final:.3f})",
-         model(emb["e_i"].cpu(), emb["e_s prior"].cpu())),
+         z_reg),
         ("regression (true e_s)", "the same MLP with the true shape embedding", model(emb["e_i"].cpu(), emb["e_s true"].cpu())),
     ] + [(f"regression -> UNet from t={s:g}", f"the regression's latent (prior e_s) noised to t/T = {s:g}, "
-          "denoised by the UNet", refine(bench, emb["e_i"], emb["e_s prior"],
-                                         model(emb["e_i"].cpu(), emb["e_s prior"].cpu()), s, seed))
+          "denoised by the UNet", refine(bench, emb["e_i"], emb["e_s prior"], z_reg, s, seed))
          for s in refine_strengths]:
         rows.append({"name": name, "note": note, "summary": measure_latents(bench, z.to(bench.pipe.device), res)[0]})
         if progress:

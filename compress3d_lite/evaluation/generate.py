@@ -94,7 +94,7 @@ class Variant:
     interval: tuple | None = None  # noise levels t / T where guidance applies; None: the checkpoint's
     rescale: float | None = None  # guidance rescale phi; None: the checkpoint's
     strength: float = 1.0  # < 1: start from the true latent noised partway (diffusion.sample)
-    start: str = "noise"  # "regression": the UNet starts from its StartEstimate (pipeline.STARTS)
+    start: str = "noise"  # "regression": the UNet starts from its StartEstimate (config.STARTS)
     view_res: int = VIEW_RES  # resolution the input view is rendered at (the tower resizes it)
     decode_true: bool = False  # skip generation: decode the VAE latent of the true object (the ceiling)
     note: str = ""

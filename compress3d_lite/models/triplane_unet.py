@@ -229,15 +229,15 @@ class TriplaneUNet(nn.Module, HubMixin):
         out = self.conv_out(F.silu(self.norm_out(h.flatten(0, 1))))
         return out.unflatten(0, (B, 3))  # (B, 3, c', r', r')
 
-    def loss(self, z, e_i, e_s, scheduler):
+    def loss(self, z, e_i, e_s, scheduler, parts: bool = False):
         """Training loss for normalised latents z (B, 3, c', r', r') and unit embeddings e_i, e_s
         (B, D): each condition dropped with p = ``cond_drop`` independently, then the diffusion
         objective under the scheduler's parametrisation (v-prediction in every preset) with MSE
-        (our choice; docs/paper.md §5)."""
+        (our choice; docs/paper.md §5). ``parts``: also (x_t, t, output), as ``diffusion_loss``."""
         p = self.cfg.cond_drop
         drop_i = torch.rand(z.shape[0], device=z.device) < p
         drop_s = torch.rand(z.shape[0], device=z.device) < p
-        return diffusion_loss(lambda x, t: self(x, t, e_i, e_s, drop_i, drop_s), z, scheduler, "l2")
+        return diffusion_loss(lambda x, t: self(x, t, e_i, e_s, drop_i, drop_s), z, scheduler, "l2", parts=parts)
 
     def guided(self, x, t, e_i, e_s, guidance_image: float = PAPER_GUIDANCE["image"],
                guidance_shape: float = PAPER_GUIDANCE["shape"], use_shape: bool = True,

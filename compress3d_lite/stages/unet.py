@@ -24,7 +24,7 @@ from ..checkpoint import CheckpointError, read_config, resolve_folder, write_che
 from ..config import Config, ConfigError, check_sizes, choose_preset, preset_bounds
 from ..data.dataset import drawn_view
 from ..data.io import load_object, read_index
-from ..diffusion import DiffusionConfig, clean_estimate, draw_timesteps, make_scheduler, noisy, target_for
+from ..diffusion import DiffusionConfig, clean_estimate, make_scheduler
 from ..models.image_tower import fingerprint
 from ..models.triplane_unet import TriplaneUNet, UNetConfig
 from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator
@@ -155,12 +155,7 @@ class SurfaceObjective(Objective):
 
     def forward(self, z, e_i, e_s, q, occ):  # z (B, 3, c', r', r'), q (B, K, 3), occ (B, K)
         unet, (vae, mean, std), sched = self.unet, self.frozen, self.scheduler
-        drop_i, drop_s = (torch.rand(z.shape[0], device=z.device) < unet.cfg.cond_drop for _ in range(2))
-        noise = torch.randn_like(z)
-        t = draw_timesteps(sched, z.shape[0], z.device)
-        x_t = noisy(sched, z, noise, t)
-        out = unet(x_t, t, e_i, e_s, drop_i, drop_s)
-        diffusion = F.mse_loss(out, target_for(sched, z, noise, t))
+        diffusion, (x_t, t, out) = unet.loss(z, e_i, e_s, sched, parts=True)  # the plain objective's draws
         x0 = clean_estimate(sched, x_t, t, out) * std[0] + mean[0]  # (B, 3, c', r', r'), the VAE's latent
         logits, _ = vae.query(vae.decode(x0), q)  # (B, K)
         clean = 1 - t.float() / sched.config.num_train_timesteps  # (B,)
