@@ -753,12 +753,12 @@ CASES = [
     ("pipe(int64 image)", python_api("pipe(np.full((64, 64, 3), 300, np.int64))"), 2),
     ("pipe(empty array)", python_api("pipe(np.zeros((0, 0, 3), np.uint8))"), 2),
     ("pipe(num_inference_steps=0)", python_api("pipe(np.zeros((64, 64, 3), np.uint8), num_inference_steps=0)"), 2),
-    ("pipe.generate_files(format='stl')",
-     python_api("import tempfile\npipe.generate_files(['" + str(IMAGE) + "'], tempfile.mkdtemp() + '/o', format='stl')"),
-     2),
-    ("pipe.generate_files(batch_size=0)",
-     python_api("import tempfile\npipe.generate_files(['" + str(IMAGE) + "'], tempfile.mkdtemp() + '/o', batch_size=0)"),
-     2),
+    ("generate_files(pipe, format='stl')",
+     python_api("import tempfile\nfrom compress3d_lite.cli.generate import generate_files\n"
+                "generate_files(pipe, ['" + str(IMAGE) + "'], tempfile.mkdtemp() + '/o', format='stl')"), 2),
+    ("generate_files(pipe, batch_size=0)",
+     python_api("import tempfile\nfrom compress3d_lite.cli.generate import generate_files\n"
+                "generate_files(pipe, ['" + str(IMAGE) + "'], tempfile.mkdtemp() + '/o', batch_size=0)"), 2),
     # --- faults
     ("disk full while generate writes meshes", disk_full_generate, 2, names_each_mesh),
     ("disk full at a training checkpoint", disk_full_checkpoint, 2, then_messages_agree),

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from compress3d_lite.config import SampleSpec  # noqa: E402
 from compress3d_lite.data.toyshapes import make_toy_object, object_rng, toy_example  # noqa: E402
+from compress3d_lite.presets import vae_preset  # noqa: E402
 from compress3d_lite.samples import shipped_checkpoint  # noqa: E402
-from compress3d_lite.stages.vae import vae_preset  # noqa: E402
 
 
 def matmul_flops(n=2048, repeats=8):
@@ -101,8 +101,8 @@ def bench_train(preset, steps, warmup):
 
 
 def bench_reconstruct(ckpt, resolutions, repeats):
+    from compress3d_lite.inference.vae import load_vae
     from compress3d_lite.mesh import decode_grid, decode_grid_adaptive, extract_mesh
-    from compress3d_lite.stages.vae import load_vae
 
     model, cfg = load_vae(ckpt)
     n_points = cfg["train"]["n_points"]

@@ -32,6 +32,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "compress3d_lite/ckpt-v1"
@@ -77,12 +81,29 @@ def write_files(folder, state_dict: dict, config: dict, extra_weights: dict | No
         _usual_mode(tmp)
         _fsync(tmp)
         os.replace(tmp, folder / name)
+    _write_config(folder, config)
+    _fsync(folder)
+
+
+def _write_config(folder: Path, config: dict) -> Path:
+    """``folder/config.json`` (the format first), written to a temporary name, flushed to disk and
+    renamed into place."""
     tmp = folder / ".config.json.tmp"
     tmp.write_text(json.dumps({"format": FORMAT, **config}, indent=1) + "\n")
     _usual_mode(tmp)
     _fsync(tmp)
     os.replace(tmp, folder / "config.json")
+    return folder / "config.json"
+
+
+def update_config(folder, changes: dict) -> Path:
+    """Replace top-level entries of the checkpoint ``folder``'s config.json (``changes``: key -> new
+    value, e.g. ``{"guidance": {...}}``; the other entries and their order stay) and write it back
+    atomically; the weights are not touched. Returns the config file."""
+    folder = Path(folder)
+    path = _write_config(folder, {**read_config(folder), **changes})
     _fsync(folder)
+    return path
 
 
 def recover(path) -> Path:
@@ -146,9 +167,6 @@ def resolve_folder(spec, revision: str | None = None, cache_dir=None, local_file
     parts = text.split("/")
     if len(parts) != 2 or not all(parts) or text.startswith((".", "~")):
         raise CheckpointError(f"{spec}: no such checkpoint (neither a folder nor a Hub repo id 'org/name')")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     try:
         return Path(snapshot_download(text, revision=revision, cache_dir=cache_dir, token=token,
                                       local_files_only=local_files_only, force_download=force_download))
@@ -205,8 +223,6 @@ def read_weights(path, name: str = "model.safetensors") -> dict:
 def weight_shapes(path, name: str = "model.safetensors", dtypes: bool = False) -> dict:
     """{tensor name: shape} from the safetensors header alone (nothing is loaded); with
     ``dtypes``, {tensor name: (shape, safetensors dtype name such as "F16", "I64", "BOOL")}."""
-    from safetensors import safe_open
-
     file = Path(path) / name
     if not file.exists():
         raise CheckpointError(f"{file}: missing")
@@ -239,8 +255,6 @@ def load_module(path, cfg, build, what: str, weights: str = "model.safetensors")
     memory) and checked against the shapes in the weights' header, so a config that does not fit
     its weights -- however large it says the model is -- is a CheckpointError naming the folder and
     the first differences, raised before anything is allocated."""
-    import torch
-
     try:
         with torch.device("meta"):
             skeleton = build(cfg)

@@ -32,6 +32,9 @@ AMBIENT = 0.35  # the renders' shading: AMBIENT + (1 - AMBIENT) |cos(normal, vie
 # pipeline samples with where a UNet checkpoint has no measured defaults of its own
 PAPER_GUIDANCE = {"image": 5.0, "shape": 1.0, "interval": [0.0, 1.0], "rescale": 0.0}
 PRESET_NAMES = ("lite", "course", "colab_t4", "a100_full")  # every stage has these four (docs/design.md §4)
+GPU_PRESETS = PRESET_NAMES[2:]  # the presets planned for GPUs (presets.GPUS: how many)
+STAGE_NAMES = ("ae", "embed", "prior", "diffusion")  # the four stages, as the command line names them
+PRECISIONS = ("bf16", "fp16")  # the 16-bit autocast dtypes a GPU preset may train in
 # the choices of diffusion.DiffusionConfig, here so that the CLI offers them without importing torch
 SAMPLERS = ("ddim", "dpm", "ddpm", "euler")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -50,7 +53,7 @@ def fast_mode() -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     try:
-        import torch
+        import torch  # here, not at the top: this module imports no torch (the CLI's --help reads it)
 
         return not torch.cuda.is_available()
     except ImportError:  # pragma: no cover - torch is a hard dependency
@@ -59,7 +62,7 @@ def fast_mode() -> bool:
 
 def pick_device() -> str:
     """cuda > mps > cpu."""
-    import torch
+    import torch  # here, not at the top: this module imports no torch (the CLI's --help reads it)
 
     if torch.cuda.is_available():
         return "cuda"
@@ -219,6 +222,28 @@ def check_sizes(model_cfg: dict, bounds: dict, where) -> None:
 
 # ----------------------------------------------------------------------------------------
 # data configs (the per-object sampling spec is saved next to every dataset in index.json)
+
+
+@dataclass
+class TrainConfig(Config):
+    """One training run (any stage): steps, batch, optimiser, logging, checkpoints."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    n_points: int = 2048  # surface points per object per step (input and colour targets)
+    n_occ: int = 4096  # occupancy queries per object per step
+    n_train: int = 512  # toy objects made for training when a run is given no data folder
+    log_every: int = 50
+    ckpt_every: int = 500
+    seed: int = 0
+    mixed_precision: str = "no"  # accelerate: "no", "fp16", "bf16"
+    num_workers: int = 0
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights (0: none)
+
 
 
 @dataclass

@@ -28,15 +28,19 @@ them (a coarse stride of 4 instead of 2 missed airplane wings). ``adaptive=False
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
 import trimesh
+from scipy.ndimage import binary_dilation
+from skimage.measure import marching_cubes as sk_marching_cubes
 
 from .config import check_count
+from .data.io import atomic_write_bytes
+from .data.mesh_import import srgb_decode
 
 MESH_FORMATS = (".glb", ".ply", ".obj")
 
@@ -98,8 +102,6 @@ def refine_mask(coarse: np.ndarray, idx: np.ndarray, res: int, margin: float, di
     A coarse cell (the fine voxels from idx[a] to idx[a + 1] along each axis, both ends) is
     active when its 8 corners disagree in sign or one is within ``margin`` of 0; active cells
     grow by ``dilate`` cells, and every fine voxel of an active cell is marked."""
-    from scipy.ndimage import binary_dilation
-
     K = len(idx)
     corners = [coarse[i:K - 1 + i, j:K - 1 + j, k:K - 1 + k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]
     lo, hi = np.minimum.reduce(corners), np.maximum.reduce(corners)  # (K-1, K-1, K-1)
@@ -158,8 +160,6 @@ def marching_cubes(logits: np.ndarray, level: float = 0.0) -> tuple:
 
     Returns (vertices (V, 3) float32 in [-1, 1], faces (F, 3) int64), faces wound so that normals
     point out of the region where logits > level. Raises MeshingError when there is no surface."""
-    from skimage.measure import marching_cubes as sk_marching_cubes
-
     res = logits.shape[0]
     lo, hi = float(logits.min()), float(logits.max())
     if not (lo < level < hi):
@@ -183,8 +183,6 @@ def extract_mesh(model, planes, res: int = 128, level: float = 0.0, adaptive: bo
 
     ``timings`` (optional dict) receives the seconds of "field", "marching_cubes" and "colors".
     Raises MeshingError when the field is empty or full."""
-    import time
-
     timings = {} if timings is None else timings
     if planes.shape[0] != 1:
         raise ValueError(f"extract_mesh takes one triplane (1, 3, C, r, r), got batch {planes.shape[0]}")
@@ -208,8 +206,6 @@ def mesh_bytes(mesh: trimesh.Trimesh, suffix: str) -> bytes:
     if suffix not in MESH_FORMATS:
         raise MeshingError(f"unsupported mesh format '{suffix}' (supported: {', '.join(MESH_FORMATS)})")
     if suffix == ".glb":
-        from .data.mesh_import import srgb_decode
-
         # glTF vertex colours are linear (glTF 2.0 spec, COLOR_0); ours are sRGB display values
         rgba = np.asarray(mesh.visual.vertex_colors)
         linear = np.round(srgb_decode(rgba[:, :3] / 255.0) * 255).astype(np.uint8)
@@ -224,8 +220,6 @@ def mesh_bytes(mesh: trimesh.Trimesh, suffix: str) -> bytes:
 
 def save_mesh(mesh: trimesh.Trimesh, path) -> Path:
     """Write ``mesh`` to ``path`` in the format of its suffix, atomically (never a partial file)."""
-    from .data.io import atomic_write_bytes
-
     path = Path(path)
     if path.suffix.lower() not in MESH_FORMATS:
         raise MeshingError(f"{path}: unsupported output format '{path.suffix}' (supported: {', '.join(MESH_FORMATS)})")
@@ -248,30 +242,3 @@ def check_mesh_resolution(res, name: str = "mesh_resolution") -> None:
                          f"{need / 2 ** 30:.1f} GiB, {free / 2 ** 30:.1f} GiB are free), got {res}")
 
 
-def mesh_names(images) -> list:
-    """The output stem of each image: its file stem, with _1, _2, ... where stems repeat (fixed
-    before any image is read, so a failed image never shifts the others' names)."""
-    used, names = set(), []
-    for path in images:
-        stem = Path(path).stem if isinstance(path, (str, Path)) else "image"
-        name, n = stem, 1
-        while name in used:
-            name, n = f"{stem}_{n}", n + 1
-        used.add(name)
-        names.append(name)
-    return names
-
-
-def remove_earlier_run(out: Path, report: Path) -> None:
-    """Delete the meshes an earlier ``generate`` listed in ``report`` (its generate.json), then the
-    report itself: with ``overwrite`` the folder holds this run's results only."""
-    if report.exists():
-        try:
-            earlier = json.loads(report.read_text()).get("images", [])
-        except (OSError, ValueError):
-            earlier = []
-        for item in earlier:
-            mesh = Path((item or {}).get("mesh", ""))
-            if mesh.name and (out / mesh.name).is_file():
-                (out / mesh.name).unlink()
-        report.unlink()

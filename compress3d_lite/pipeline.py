@@ -30,27 +30,28 @@ after any install by ``compress3d_lite.samples``). Loading checks that the piece
 from __future__ import annotations
 
 import json
-import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from huggingface_hub import HfApi
 
+from . import __version__
 from .checkpoint import CheckpointError, resolve_folder
 from .config import PAPER_GUIDANCE, check_count, pick_device
-from .data.images import ImageError, load_image
-from .data.io import OutputError, atomic_write_bytes, writing_into
+from .data.images import load_image
+from .data.io import atomic_write_bytes
 from .diffusion import make_scheduler, sampler_fits
-from .mesh import (MESH_FORMATS, MeshingError, check_mesh_resolution, extract_mesh, mesh_names, remove_earlier_run,
-                   save_mesh)
+from .inference.embed import check_tower, embed_images, load_towers
+from .inference.prior import load_prior
+from .inference.unet import START_FOLDER, check_guidance, check_start, load_start, load_unet
+from .inference.vae import latent_stats, load_vae
+from .mesh import MeshingError, check_mesh_resolution, extract_mesh
 from .models.image_tower import fingerprint
 from .samples import shipped_checkpoint
-from .stages.embed import check_tower, embed_images, load_towers
-from .stages.prior import load_prior
-from .stages.start import START_FOLDER, check_start, load_start
-from .stages.unet import check_guidance, load_unet
-from .stages.vae import latent_stats, load_vae
 
 _COURSE = {"vae": "vae_course", "embed": "embed_course", "prior": "prior_course"}
 PRESETS = {"course": {**_COURSE, "unet": "unet_course"},  # rectified flow (docs/stages.md, "Stage 4")
@@ -160,8 +161,6 @@ class Compress3DPipeline:
         self.unet.save_pretrained(root / "unet")
         if self.start is not None:
             self.start.save_pretrained(root / "unet" / START_FOLDER)
-        from . import __version__
-
         info = {"format": PIPELINE_FORMAT, "library": "compress3d_lite", "version": __version__,
                 "parts": {k: k for k in PARTS}, "default_guidance": self.default_guidance,
                 "image_tower": self.tower.identity()}
@@ -172,10 +171,6 @@ class Compress3DPipeline:
                     commit_message: str = "Upload Compress3D pipeline") -> str:
         """``save_pretrained`` into a temporary folder and upload it to the Hub repo ``repo_id``
         (created when missing); returns the commit URL. ``from_pretrained(repo_id)`` loads it."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -204,8 +199,6 @@ class Compress3DPipeline:
         thrown away), so that the first real call runs as fast as the later ones: PyTorch's
         one-time kernel selection, allocator growth and lazy imports happen here. Returns the
         seconds it took."""
-        import numpy as np
-
         t = time.perf_counter()
         blank = np.full((self.tower.cfg.image_size,) * 2 + (3,), 255, np.uint8)
         self(blank, num_inference_steps=1, prior_steps=1, mesh_resolution=16, seed=0)
@@ -327,90 +320,3 @@ class Compress3DPipeline:
         objective = self.unet.diffusion_cfg.objective
         if sampler is not None and not sampler_fits(objective, sampler):
             raise ValueError(f"sampler {sampler!r} does not sample this UNet's {objective} objective")
-
-    def generate_files(self, images, out_dir, format: str = "glb", num_inference_steps: int | None = None, seed: int = 0,
-                       use_prior: bool = True, mesh_resolution: int = 128, image_guidance_scale: float | None = None,
-                       shape_guidance_scale: float | None = None, batch_size: int = 8, about: dict | None = None,
-                       log=print, overwrite: bool = False, sampler: str | None = None, start: str = "noise") -> dict:
-        """One coloured mesh per image file into ``out_dir`` (``<image stem>.<format>``, numbered
-        when stems clash) and ``out_dir/generate.json``: the settings (the guidance scales used and
-        where they came from) and per image its mesh, sizes and timings, or its error. Images go
-        ``batch_size`` at a time; image i uses seed ``seed + i`` whatever the batch size. A bad
-        image, an empty field or a mesh that cannot be written (a full disk) is reported with
-        ``log(..., file=sys.stderr)`` and skipped; the others are still done. Nothing is written
-        when every image failed. ``about``: entries put first in the report. Returns the report
-        (``report["n_failed"]`` counts failures). Before any computation the arguments are checked
-        and a folder holding an earlier run's results is refused unless ``overwrite``, which first
-        removes that run's meshes; one run writes into a folder at a time (``data.io.writing_into``)."""
-        if f".{format}" not in MESH_FORMATS:
-            raise ValueError(f"format must be one of {', '.join(f[1:] for f in MESH_FORMATS)}, got {format!r}")
-        check_count("batch_size", batch_size, 1)
-        self.check_settings(num_inference_steps, mesh_resolution, image_guidance_scale, shape_guidance_scale,
-                            sampler=sampler, start=start, use_prior=use_prior)
-        names = mesh_names(images)
-        with writing_into(out_dir, "generate") as out:  # every image failed: no empty folder is left
-            earlier = out / "generate.json"
-            clashes = [p for p in [earlier] + [out / f"{n}.{format}" for n in names] if p.exists()]
-            if clashes and not overwrite:
-                more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-                raise OutputError(f"{clashes[0]}: exists{more}, from an earlier run; pass --overwrite to replace "
-                                  "that run's results, or choose another output folder")
-            if overwrite:
-                remove_earlier_run(out, earlier)
-            report = self._generate_files(images, out, names, format, num_inference_steps, seed, use_prior,
-                                          mesh_resolution, image_guidance_scale, shape_guidance_scale, batch_size,
-                                          about, log, sampler or self.sampler, start)
-        return report
-
-    def _generate_files(self, images, out, names, format, num_inference_steps, seed, use_prior, mesh_resolution,
-                        image_guidance_scale, shape_guidance_scale, batch_size, about, log, sampler, start) -> dict:
-        gi, gs = self.guidance(image_guidance_scale, shape_guidance_scale)
-        num_inference_steps = self.steps if num_inference_steps is None else num_inference_steps
-        source = {"image": "command line" if image_guidance_scale is not None else "checkpoint default",
-                  "shape": "command line" if shape_guidance_scale is not None else "checkpoint default"}
-        report = {**(about or {}), "settings": {"sampler": sampler, "steps": num_inference_steps, "seed": seed, "use_prior": use_prior,
-                                                "res": mesh_resolution, "guidance_image": gi, "guidance_shape": gs,
-                                                "guidance_source": source, "batch_size": batch_size, "start": start},
-                  "images": [None] * len(images), "n_failed": 0}
-
-        def fail(i, path, message):
-            log(f"error: {message if str(path) in message else f'{path}: {message}'}", file=sys.stderr)
-            report["images"][i] = {"image": str(path), "error": message}
-            report["n_failed"] += 1
-
-        loaded = []
-        for i, path in enumerate(images):
-            try:
-                loaded.append((i, path, load_image(path)))
-            except ImageError as e:
-                fail(i, path, str(e))
-        for k in range(0, len(loaded), batch_size):
-            chunk = loaded[k:k + batch_size]
-            result = self([img for _, _, img in chunk], num_inference_steps, gi, gs, seed=None, use_prior=use_prior,
-                          mesh_resolution=mesh_resolution, sampler=sampler, start=start, generator=[torch.Generator().manual_seed(seed + i)
-                                                                      for i, _, _ in chunk])
-            per_image = {name: value / len(chunk) for name, value in result.timings.items()}
-            for (i, path, _), mesh, error in zip(chunk, result.meshes, result.errors):
-                if mesh is None:
-                    fail(i, path, error)
-                    continue
-                try:
-                    mesh_path = save_mesh(mesh, out / f"{names[i]}.{format}")
-                except OSError as e:  # a full disk, a quota: this mesh is lost, the others may still fit
-                    fail(i, path, f"{out / f'{names[i]}.{format}'}: could not be written ({e.strerror or e}); "
-                                  f"the mesh of {path} is lost, the other images go on")
-                    continue
-                report["images"][i] = {"image": str(path), "mesh": str(mesh_path), "n_vertices": len(mesh.vertices),
-                                       "n_faces": len(mesh.faces), "timings": per_image, "batch": len(chunk)}
-                log(f"{path} -> {mesh_path} ({len(mesh.faces)} faces; batch of {len(chunk)}, "
-                    f"{per_image['total']:.2f} s per image: "
-                    + ", ".join(f"{n_} {v:.2f}" for n_, v in per_image.items() if n_ != "total") + ")")
-        if report["n_failed"] < len(images):
-            try:
-                atomic_write_bytes(out / "generate.json", (json.dumps(report, indent=1) + "\n").encode())
-            except OSError as e:
-                raise OutputError(f"{out / 'generate.json'}: could not be written ({e.strerror or e}); the meshes "
-                                  "named above are complete: free space and run the same command with --overwrite "
-                                  "to redo the run with its report") from None
-            log(f"wrote {out / 'generate.json'}")
-        return report

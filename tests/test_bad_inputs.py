@@ -265,20 +265,20 @@ def test_checkpoint_files_are_readable_by_others_and_flushed(tmp_path, monkeypat
 
 
 def test_a_config_with_huge_sizes_is_refused_before_anything_is_built(tmp_path, monkeypatch):
-    from compress3d_lite.stages import vae as vae_stage
+    from compress3d_lite.inference import vae as vae_loading
 
     folder = tmp_path / "vae"
     shutil.copytree(shipped_checkpoint("vae_course"), folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["model"]["head_hidden"] = 10 ** 6
     (folder / "config.json").write_text(json.dumps(cfg))
-    monkeypatch.setattr(vae_stage.TriplaneVAE, "__init__", lambda *a, **k: pytest.fail("a model was built"))
+    monkeypatch.setattr(vae_loading.TriplaneVAE, "__init__", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(ConfigError, match=r"model\.head_hidden = 1000000 is outside the bounds .*1\.\.512"):
-        vae_stage.load_vae(folder)
+        vae_loading.load_vae(folder)
 
 
 def test_a_config_that_does_not_fit_its_weights_names_the_differences_before_allocating(tmp_path, monkeypatch):
-    from compress3d_lite.stages.vae import load_vae
+    from compress3d_lite.inference.vae import load_vae
 
     folder = tmp_path / "vae"
     shutil.copytree(shipped_checkpoint("vae_course"), folder)

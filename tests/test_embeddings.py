@@ -14,12 +14,14 @@ from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.images import ImageError, load_image
 from compress3d_lite.data.toyshapes import write_toyshapes
 from compress3d_lite.diffusion import DiffusionConfig, diffusion_loss, make_scheduler, sample
+from compress3d_lite.inference.embed import load_shape_tower, load_towers
+from compress3d_lite.inference.prior import load_prior
 from compress3d_lite.models.contrastive import ContrastiveLoss, info_nce
 from compress3d_lite.models.image_tower import IMAGE_TOWERS, ImageTower, PretrainedWeightsUnavailable, fetch_pretrained
 from compress3d_lite.models.prior import DiffusionPrior, PriorConfig
 from compress3d_lite.models.shape_tower import ShapeTower, ShapeTowerConfig
-from compress3d_lite.stages.embed import load_shape_tower, load_towers, train_embed
-from compress3d_lite.stages.prior import load_prior, train_prior
+from compress3d_lite.stages.embed import train_embed
+from compress3d_lite.stages.prior import train_prior
 from compress3d_lite.training.run_folder import TrainingError
 
 LITE_TOWER = IMAGE_TOWERS["toy_lite"]
@@ -169,7 +171,7 @@ def test_prior_learns_a_toy_mapping_better_than_the_mean():
 
 
 def test_a100_full_prior_is_paper_size():
-    from compress3d_lite.stages.prior import prior_preset
+    from compress3d_lite.presets import prior_preset
 
     pcfg = prior_preset("a100_full").model
     n = sum(p.numel() for p in DiffusionPrior(pcfg, DiffusionConfig()).parameters())
@@ -235,7 +237,7 @@ def test_towers_identity_survives_fp16_and_catches_tampering(tmp_path):
     identity = tower.identity()
     write_checkpoint(tmp_path / "t", tower.state_dict(),
                      {"kind": "image_tower", "model": LITE_TOWER.to_dict(), "identity": identity}, half=True)
-    from compress3d_lite.stages.embed import load_image_tower
+    from compress3d_lite.inference.embed import load_image_tower
 
     assert load_image_tower(tmp_path / "t").identity() == identity
     cfg = json.loads((tmp_path / "t" / "config.json").read_text())

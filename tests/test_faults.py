@@ -272,10 +272,10 @@ def test_sigterm_during_toyshapes_with_workers_ends_the_workers_and_the_same_com
 def test_a_full_disk_at_a_checkpoint_names_it_and_says_what_to_run(tmp_path, toy, monkeypatch):
     import errno
 
-    import compress3d_lite.training.loop as loop
+    import compress3d_lite.training.run_folder as run_folder
     from compress3d_lite.training.run_folder import TrainingError
 
-    real, calls = loop.write_checkpoint, []
+    real, calls = run_folder.write_checkpoint, []
 
     def fills_the_disk(path, *a, **k):
         calls.append(path)
@@ -283,10 +283,10 @@ def test_a_full_disk_at_a_checkpoint_names_it_and_says_what_to_run(tmp_path, toy
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(loop, "write_checkpoint", fills_the_disk)
+    monkeypatch.setattr(run_folder, "write_checkpoint", fills_the_disk)
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"checkpoint of step 4 could not be written \(No space left on device\);"
-                                            r" the last complete checkpoint \(step 2\) is kept: .* --resume"):
+                                            r" the last complete checkpoint \(step 2\) is kept: .* `resume=True`"):
         train_vae("lite", run, data=str(toy), train_overrides=OVER, progress=False)
     monkeypatch.undo()
     train_vae("lite", run, data=str(toy), resume=True, train_overrides=OVER, progress=False)
@@ -296,22 +296,23 @@ def test_a_full_disk_at_a_checkpoint_names_it_and_says_what_to_run(tmp_path, toy
 def test_a_full_disk_while_generate_writes_fails_that_mesh_named_and_goes_on(tmp_path, pipe, monkeypatch):
     import errno
 
-    import compress3d_lite.pipeline as pipeline
+    import compress3d_lite.mesh as meshing
+    from compress3d_lite.cli.generate import generate_files
 
-    real = pipeline.save_mesh
+    real = meshing.save_mesh
 
     def full_for_a(mesh, path):
         if path.name.startswith("a."):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(mesh, path)
 
-    monkeypatch.setattr(pipeline, "save_mesh", full_for_a)
+    monkeypatch.setattr(meshing, "save_mesh", full_for_a)
     image = sample_path("toyshapes", "images", "000003_0.png")
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(image.read_bytes())
     said = []
-    report = pipe.generate_files([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", num_inference_steps=2,
-                                 mesh_resolution=32, log=lambda *a, **k: said.append(" ".join(map(str, a))))
+    report = generate_files(pipe, [tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", num_inference_steps=2,
+                            mesh_resolution=32, log=lambda *a, **k: said.append(" ".join(map(str, a))))
     assert report["n_failed"] == 1 and (tmp_path / "out" / "b.glb").exists()
     assert any(f"{tmp_path / 'out' / 'a.glb'}: could not be written (No space left on device)" in x for x in said)
 

@@ -8,8 +8,8 @@ from PIL import Image
 
 from compress3d_lite.cli import main
 from compress3d_lite.models.triplane_unet import AwareConv, TriplaneUNet, UNetConfig, cross_plane_features
+from compress3d_lite.presets import unet_preset
 from compress3d_lite.samples import sample_path
-from compress3d_lite.stages.unet import unet_preset
 
 PNG = sample_path("toyshapes", "images", "000003_0.png")  # a lamp, RGBA
 

@@ -71,7 +71,7 @@ def test_best_row_rule():
 def test_parse_samplers():
     assert parse_samplers("ddim:25, dpm:10") == [("ddim", 25), ("dpm", 10)]
     for bad in ("ddim", "heun:10", "dpm:0", ""):
-        with pytest.raises(ValueError, match="--samplers"):
+        with pytest.raises(ValueError, match="`samplers`"):
             parse_samplers(bad)
 
 
@@ -118,7 +118,7 @@ def test_sweep_cli_refuses_to_choose_on_test(capsys):
 def test_loading_a_vae_does_not_import_dynamo():
     """Checkpoint loading builds a skeleton on the meta device first; nothing there may pull in
     torch._dynamo (about a second of every generate's start-up)."""
-    code = ("import sys; from compress3d_lite.stages.vae import load_vae; from compress3d_lite.samples import "
+    code = ("import sys; from compress3d_lite.inference.vae import load_vae; from compress3d_lite.samples import "
             "shipped_checkpoint; load_vae(shipped_checkpoint('vae_course')); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -8,7 +8,7 @@ from compress3d_lite.models.attention3d import AwareCrossAttention3D, volume_cub
 from compress3d_lite.models.autoencoder import AEConfig
 from compress3d_lite.models.pointnet import LocalPoolPointNet, fourier_encode
 from compress3d_lite.models.triplane import VolumeToPlanes, sample_triplane, scatter_to_volume
-from compress3d_lite.stages.vae import vae_preset
+from compress3d_lite.presets import vae_preset
 
 
 def _batch(B=2, N=256, M=300, seed=0):

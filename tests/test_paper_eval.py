@@ -16,9 +16,10 @@ from compress3d_lite.evaluation.image_metrics import (
     inception_available,
     to_rgb_tensor,
 )
-from compress3d_lite.evaluation.paper import Protocol, eval_cameras, format_markdown, parse_grid
+from compress3d_lite.evaluation.paper import format_markdown, parse_grid
+from compress3d_lite.evaluation.protocol import Protocol, eval_cameras
+from compress3d_lite.inference.embed import load_towers
 from compress3d_lite.samples import shipped_checkpoint
-from compress3d_lite.stages.embed import load_towers
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_eval_cameras_and_grid():
     assert np.allclose(eyes[:, 1], 4.6 * np.sin(np.deg2rad(20)))  # all at 20 degrees elevation
     assert len({tuple(np.round(e, 3)) for e in eyes}) == 4
     assert parse_grid("1,5x1") == [(1.0, 1.0), (5.0, 1.0)]
-    with pytest.raises(ValueError, match="guidance-grid"):
+    with pytest.raises(ValueError, match="`guidance_grid`"):
         parse_grid("1,2,5")
 
 

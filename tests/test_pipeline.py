@@ -126,7 +126,7 @@ def test_a_failed_mesh_is_reported_not_raised_for_a_batch(pipe, monkeypatch):
 
 
 def test_push_to_hub_uploads_what_save_pretrained_writes(pipe, monkeypatch):
-    import huggingface_hub
+    import compress3d_lite.pipeline
 
     seen = {}
 
@@ -143,7 +143,7 @@ def test_push_to_hub_uploads_what_save_pretrained_writes(pipe, monkeypatch):
             seen["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*.json"))
             return f"https://huggingface.co/{repo_id}/commit/abc"
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(compress3d_lite.pipeline, "HfApi", FakeApi)
     url = pipe.push_to_hub("my-course/c3d", private=True, token="t")
     assert url == "https://huggingface.co/my-course/c3d/commit/abc"
     assert seen["created"] == ("my-course/c3d", True, True) and seen["token"] == "t"

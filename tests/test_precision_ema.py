@@ -10,11 +10,15 @@ import torch
 from safetensors.torch import load_file
 
 from compress3d_lite.checkpoint import read_config
+from compress3d_lite.cli import main
+from compress3d_lite.config import STAGE_NAMES
+from compress3d_lite.inference.prior import load_prior
+from compress3d_lite.inference.unet import load_unet
 from compress3d_lite.pipeline import Compress3DPipeline
+from compress3d_lite.presets import prior_preset, unet_preset
 from compress3d_lite.samples import sample_path, shipped_checkpoint
-from compress3d_lite.stages.precision_check import STAGE_NAMES, check, main, train_steps
-from compress3d_lite.stages.prior import load_prior, prior_preset
-from compress3d_lite.stages.unet import load_unet, train_unet, unet_preset
+from compress3d_lite.scaling.precision_check import check, train_steps
+from compress3d_lite.stages.unet import train_unet
 
 # ------------------------------------------------------------------------------------------ bf16
 
@@ -39,7 +43,8 @@ def test_the_autocast_check_can_tell_fp32_from_bf16():
 
 
 def test_precision_check_script_reports_and_writes_json(tmp_path, capsys):
-    assert main(["--stages", "prior", "--presets", "a100_full", "--steps", "2", "--json", str(tmp_path / "p.json")]) == 0
+    assert main(["train", "precision-check", "--stages", "prior", "--presets", "a100_full", "--steps", "2", "--json",
+                 str(tmp_path / "p.json")]) == 0
     assert "ok   a100_full prior     bf16 on cpu" in capsys.readouterr().out
     assert json.loads((tmp_path / "p.json").read_text())[0]["ok"] is True
 

@@ -13,8 +13,8 @@ import pytest
 from compress3d_lite.cli import main
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.toyshapes import write_toyshapes
-from compress3d_lite.training.run_folder import MADE_BY_TRAIN, RunFinished, TrainingError
 from compress3d_lite.stages.vae import train_vae
+from compress3d_lite.training.run_folder import MADE_BY_TRAIN, RunFinished, TrainingError
 
 SPEC = SampleSpec(n_points=256, n_uniform=256, n_near=256, views=0)
 OVER = {"steps": 2, "batch_size": 2, "n_train": 4}
@@ -135,9 +135,9 @@ def test_a_failed_run_leaves_no_empty_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, needle", [
-    ({"batch_size": 4}, "--batch-size 2, this command gives 4"),
-    ({"seed": 7}, "--seed 0, this command gives 7"),
-    ({"steps": 1}, "past --steps 1"),
+    ({"batch_size": 4}, "`batch_size=2`, this run gives 4"),
+    ({"seed": 7}, "`seed=0`, this run gives 7"),
+    ({"steps": 1}, "past `steps=1`"),
 ])
 def test_resume_refuses_another_seed_batch_or_fewer_steps(trained, toy, change, needle):
     before = files(trained)
@@ -149,7 +149,7 @@ def test_resume_refuses_another_seed_batch_or_fewer_steps(trained, toy, change, 
 def test_resume_on_another_data_folder_or_changed_data_is_refused(trained, toy, tmp_path):
     other = tmp_path / "other"
     write_toyshapes(4, other, SPEC, seed=3, workers=1, progress=False)
-    with pytest.raises(TrainingError, match="was trained on --data"):
+    with pytest.raises(TrainingError, match="was trained on `data="):
         train_vae("lite", trained, data=str(other), resume=True, train_overrides={"steps": 4}, progress=False)
     moved = tmp_path / "moved"  # the data moved and changed: its manifest says so
     write_toyshapes(6, moved, SPEC, seed=0, workers=1, progress=False)

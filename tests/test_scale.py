@@ -18,16 +18,17 @@ from compress3d_lite.checkpoint import read_config
 from compress3d_lite.cli import main
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.toyshapes import write_toyshapes
+from compress3d_lite.inference.embed import load_towers
+from compress3d_lite.inference.vae import load_vae
 from compress3d_lite.models import TriplaneVAE
 from compress3d_lite.models.autoencoder import AEConfig
 from compress3d_lite.models.triplane_unet import TriplaneUNet, UNetConfig
+from compress3d_lite.presets import unet_preset, vae_preset
 from compress3d_lite.samples import sample_path
-from compress3d_lite.stages.dryrun import dry_run, format_dry_run
-from compress3d_lite.stages.embed import load_towers, train_embed
-from compress3d_lite.stages.unet import unet_preset
-from compress3d_lite.stages.vae import load_vae, vae_preset
-from compress3d_lite.training.run_folder import model_identity
+from compress3d_lite.scaling.dry_run import dry_run, format_dry_run
+from compress3d_lite.stages.embed import train_embed
 from compress3d_lite.training.measure import activation_bytes
+from compress3d_lite.training.run_folder import model_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sample_path("checkpoints")

@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from compress3d_lite.inference.unet import load_start
 from compress3d_lite.models.start_estimate import StartConfig, StartEstimate
 from compress3d_lite.pipeline import Compress3DPipeline
 from compress3d_lite.samples import sample_path, shipped_checkpoint
-from compress3d_lite.stages.start import load_start, train_start
+from compress3d_lite.stages.start import train_start
 from compress3d_lite.training.run_folder import TrainingError
 
 

@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from compress3d_lite.config import ConfigError
 from compress3d_lite.data.io import load_object, read_index
 from compress3d_lite.diffusion import make_scheduler
+from compress3d_lite.inference.unet import load_unet
 from compress3d_lite.models.autoencoder import TriplaneVAE
 from compress3d_lite.models.triplane_unet import TriplaneUNet
+from compress3d_lite.presets import unet_preset, vae_preset
 from compress3d_lite.samples import sample_path, shipped_checkpoint
-from compress3d_lite.stages.unet import SurfaceObjective, load_unet, near_surface_set, unet_preset, unet_step
-from compress3d_lite.stages.vae import vae_preset
+from compress3d_lite.stages.unet import SurfaceObjective, near_surface_set, unet_step
 
 
 def _objective(weight=0.5):

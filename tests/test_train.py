@@ -10,8 +10,10 @@ from compress3d_lite.checkpoint import CheckpointError, read_config, write_check
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.dataset import ObjectDataset
 from compress3d_lite.data.toyshapes import write_toyshapes
+from compress3d_lite.inference.vae import load_vae
 from compress3d_lite.models import TriplaneVAE
-from compress3d_lite.stages.vae import load_vae, train_vae, vae_preset
+from compress3d_lite.presets import vae_preset
+from compress3d_lite.stages.vae import train_vae
 from compress3d_lite.training.loop import StepBatchSampler
 from compress3d_lite.training.run_folder import TrainingError
 

@@ -11,14 +11,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compress3d_lite.checkpoint import CheckpointError, read_config
+from compress3d_lite.cli.generate import generate_files
 from compress3d_lite.config import SampleSpec
 from compress3d_lite.data.images import ImageError, load_image
 from compress3d_lite.data.io import DataFormatError, load_object, read_index, save_object, validate_object
 from compress3d_lite.data.toyshapes import write_toyshapes
+from compress3d_lite.inference.unet import load_unet
+from compress3d_lite.inference.vae import load_vae
 from compress3d_lite.pipeline import Compress3DPipeline
 from compress3d_lite.samples import sample_path, shipped_checkpoint
-from compress3d_lite.stages.unet import load_unet
-from compress3d_lite.stages.vae import load_vae
 
 SPEC = SampleSpec(n_points=256, n_uniform=256, n_near=256, views=0)
 VAE = shipped_checkpoint("vae_course")
@@ -241,7 +242,7 @@ def test_pipeline_call_checks_every_image_before_computing(no_diffusion):
 def test_generate_files_checks_format_and_batch_before_making_the_folder(no_diffusion, tmp_path, kwargs, error,
                                                                          needle):
     with pytest.raises(error, match=needle):
-        no_diffusion.generate_files([sample_path("toyshapes", "images", "000003_0.png")], tmp_path / "o", **kwargs)
+        generate_files(no_diffusion, [sample_path("toyshapes", "images", "000003_0.png")], tmp_path / "o", **kwargs)
     assert not (tmp_path / "o").exists()
 
 

@@ -25,10 +25,11 @@ A command group without a subcommand (``compress3d-lite``, ``compress3d-lite tra
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from . import data, evaluate, generate, train
-from .common import EXIT_BAD_INPUT, CLIError, print_help_of
+from .common import EXIT_BAD_INPUT, CLIError, in_flag_terms, option_names, print_help_of
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,24 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
 
 
+class _PrintLogs(logging.Handler):
+    """Prints each log line on the stdout of the moment (pytest's capture, a redirected stream)."""
+
+    def emit(self, record):
+        print(self.format(record), flush=True)
+
+
+def print_library_logs() -> None:
+    """The library logs what it does (``logging.getLogger("compress3d_lite...")``: a run's start, the
+    files it wrote) instead of printing; the command line prints those INFO lines on stdout, as
+    they are. A notebook sees them only when it asks (``logging.basicConfig(level=logging.INFO)``)."""
+    logger = logging.getLogger("compress3d_lite")
+    if not any(isinstance(h, _PrintLogs) for h in logger.handlers):
+        logger.addHandler(_PrintLogs())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def interrupt_on_sigterm() -> None:
     """SIGTERM (``kill``, a job scheduler, a closed Colab cell) stops a command the way Ctrl-C
     does: the same clean-up runs (worker pools end, temporary files go) and the same message says
@@ -117,8 +136,10 @@ def interrupted(args) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     one_line_warnings()
+    print_library_logs()
     interrupt_on_sigterm()
     try:
         return args.func(args)
@@ -137,7 +158,7 @@ def main(argv=None) -> int:
     except Exception as e:
         if not is_user_error(e):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flag_terms(str(e), option_names(parser))}", file=sys.stderr)  # the library's words -> flags
         return EXIT_BAD_INPUT
 
 

@@ -3,6 +3,8 @@ and the sampling options of the data commands. Imports nothing heavy (``--help``
 
 from __future__ import annotations
 
+import re
+
 EXIT_BAD_INPUT = 2
 
 
@@ -29,12 +31,45 @@ GENERATE_FLAGS = {"num_inference_steps": "--steps", "mesh_resolution": "--res", 
 def as_flags(error: Exception, flags: dict = GENERATE_FLAGS) -> CLIError:
     """A library error that names Python arguments (``num_inference_steps must be ...``) as the
     command line's error naming its options (``--steps must be ...``)."""
-    import re
-
     text = str(error)
     for name, flag in flags.items():
         text = re.sub(rf"\b{name}\b", flag, text)
     return CLIError(text)
+
+
+# a library argument whose option has another name (the rest: ``seed`` is --seed, ``batch_size`` --batch-size)
+OPTION_OF = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
+             "shape_guidance_scale": "--guidance-shape", "use_prior=False": "--no-prior", "out_dir": "--out"}
+_NAMED = re.compile(r"`(\w+)(?:=([^`\s]+))?`")
+
+
+def in_flag_terms(text: str, options: set) -> str:
+    """A library message in the command line's words: the library names an argument in backticks
+    (``pass `overwrite=True` to replace it``, ```seed` 3 differs```); each one that is an option of
+    the command line (``options``: their dest names) becomes that option (``--overwrite``,
+    ``--seed 3``). Other backticked words (```train diffusion```) stay as they are."""
+    def option(m):
+        name, value = m.group(1), m.group(2)
+        if f"{name}={value}" in OPTION_OF:
+            return OPTION_OF[f"{name}={value}"]
+        flag = OPTION_OF.get(name) or (f"--{name.replace('_', '-')}" if name in options else None)
+        if flag is None:
+            return m.group(0)
+        return flag if value in (None, "True") else f"{flag} {value}"
+    return _NAMED.sub(option, text)
+
+
+def option_names(parser) -> set:
+    """The dest names of every option of ``parser`` and its subcommands (what in_flag_terms maps)."""
+    names, todo = set(), [parser]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            if action.option_strings:
+                names.add(action.dest)
+            todo.extend(getattr(action, "choices", None) and isinstance(action.choices, dict)
+                        and action.choices.values() or [])
+    return names
 
 
 def print_help_of(parser):

@@ -10,10 +10,22 @@ from pathlib import Path
 
 from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, spec_from_args
 
+# the data library's arguments whose options are named otherwise here (``main`` turns every other
+# backticked argument into its option: `seed` is --seed, `overwrite=True` --overwrite)
+DATA_OPTIONS = {"`out_dir`": "`out`", "`uids_file`": "`uids`", "`spec`": "--views/--res/--points/--occ"}
+
+
+def in_data_terms(e: Exception) -> CLIError:
+    """A data-library error in this command group's words (``DATA_OPTIONS``)."""
+    text = str(e)
+    for name, option in DATA_OPTIONS.items():
+        text = text.replace(name, option)
+    return CLIError(text)
+
 
 def cmd_toyshapes(args):
+    from ..data.io import OutputError, writing_into
     from ..data.render import ray_backend
-    from ..data.io import writing_into
     from ..data.toyshapes import write_toyshapes
 
     if args.n < 1:
@@ -22,20 +34,27 @@ def cmd_toyshapes(args):
     print(f"toyshapes: {args.n} objects, seed {args.seed}, {spec.views} views at {spec.resolution}px, "
           f"ray caster: {ray_backend()}, {args.workers} worker(s)")
     t0 = time.time()
-    with writing_into(args.out, "data", what="data command"):
-        write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png, start=args.start)
+    try:
+        with writing_into(args.out, "data", what="data command"):
+            write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png,
+                            start=args.start)
+    except OutputError as e:
+        raise in_data_terms(e) from None
     dt = time.time() - t0
     print(f"wrote {args.n} objects to {args.out} in {dt:.1f} s ({args.n / dt:.1f} objects/s)")
     return 0
 
 
 def cmd_import(args):
-    from ..data.io import writing_into
+    from ..data.io import OutputError, writing_into
     from ..data.mesh_import import import_files
 
     spec = spec_from_args(args)
-    with writing_into(args.out, "data", what="data command"):
-        entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
+    try:
+        with writing_into(args.out, "data", what="data command"):
+            entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
+    except OutputError as e:
+        raise in_data_terms(e) from None
     if entries:
         print(f"imported {len(entries)} object(s) into {args.out}")
     else:
@@ -57,7 +76,7 @@ def cmd_objaverse(args):
         raise CLIError("--workers must be >= 1 and --timeout >= 0")
     quality = None
     if args.filter is not None:  # a model: loaded here, so the data package never imports models
-        from ..stages.quality_filter import QualityFilter
+        from ..scaling.quality_filter import QualityFilter
 
         quality = QualityFilter.load(args.filter)
     try:
@@ -65,7 +84,7 @@ def cmd_objaverse(args):
                     seed=args.seed, workers=args.workers, timeout=args.timeout, quality=quality,
                     threshold=args.threshold)
     except ObjaverseError as e:
-        raise CLIError(str(e)) from None
+        raise in_data_terms(e) from None
     c = m["counts"]
     print(f"objaverse: {c['requested']} requested: {c['done_now']} done now, {c['skipped_done']} skipped (done), "
           f"{c['failed']} failed, {c['filtered']} filtered; {c['total_ok']} objects in "
@@ -78,7 +97,7 @@ def cmd_objaverse(args):
 
 
 def cmd_quality_train(args):
-    from ..stages.quality_filter import QualityError, train_filter
+    from ..scaling.quality_filter import QualityError, train_filter
 
     try:
         r = train_filter(args.data, args.labels, args.out, embed_dir=args.embed, seed=args.seed)
@@ -115,9 +134,8 @@ def cmd_view(args):
 
 
 def cmd_sample_meshes(args):
-    from ..data.sample_meshes import write_sample_meshes
-
     from ..data.io import OutputError
+    from ..data.sample_meshes import write_sample_meshes
 
     try:
         written = write_sample_meshes(args.out, overwrite=args.overwrite)

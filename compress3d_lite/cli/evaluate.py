@@ -121,7 +121,8 @@ def cmd_evaluate_sweep(args):
 
 def cmd_evaluate_paper(args):
     from ..data.io import atomic_write_bytes
-    from ..evaluation.paper import ABLATIONS, Protocol, evaluate_paper, format_markdown
+    from ..evaluation.paper import ABLATIONS, evaluate_paper, format_markdown
+    from ..evaluation.protocol import Protocol
     from ..evaluation.report import write_report
 
     out = Path(args.out)

@@ -1,5 +1,6 @@
 """``compress3d-lite train ae|embed|prior|diffusion``: train a stage, or size it with --dry-run;
-``train start``: the UNet's start estimate, from a finished diffusion run.
+``train start``: the UNet's start estimate, from a finished diffusion run; ``train precision-check``:
+every stage's GPU presets under 16-bit autocast, shrunk.
 Each command only parses; the stage modules (``compress3d_lite/stages/``) do the work."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ..config import OBJECTIVES, PRESET_NAMES, TIMESTEPS
+from ..config import GPU_PRESETS, OBJECTIVES, PRECISIONS, PRESET_NAMES, STAGE_NAMES, TIMESTEPS
 from .common import CLIError, check_seed, group
 
 
@@ -37,9 +38,9 @@ def _train_overrides(args) -> dict:
 
 
 def _dry_run(stage, args, **overrides):
-    """``train STAGE --preset P --dry-run [--json FILE]`` (stages/dryrun.py)."""
+    """``train STAGE --preset P --dry-run [--json FILE]`` (scaling/dry_run.py)."""
     from ..data.io import prepare_output_file
-    from ..stages.dryrun import dry_run, format_dry_run, write_json
+    from ..scaling.dry_run import dry_run, format_dry_run, write_json
 
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
@@ -135,6 +136,36 @@ def cmd_train_start(args):
                        overwrite=args.overwrite, half=args.half)
     print(f"wrote {done['folder']} (final loss {done['final_loss']:.4f}, {done['seconds']:.0f} s)")
     return 0
+
+
+def cmd_precision_check(args):
+    """A few training steps and a sampling pass of every stage under 16-bit autocast, shrunk
+    (scaling/precision_check.py); exit 1 when any check fails."""
+    import json
+
+    import torch
+
+    from ..data.io import atomic_write_bytes, prepare_output_file
+    from ..scaling.precision_check import check
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda but torch sees no CUDA device")
+    if args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if args.json:
+        prepare_output_file(args.json, overwrite=True)
+    results = []
+    for preset in args.presets:
+        for precision in args.precision or [None]:
+            for stage in args.stages:
+                r = check(stage, preset, precision, args.device, args.steps)
+                results.append(r)
+                print(f"{'ok  ' if r['ok'] else 'FAIL'} {preset:9s} {stage:9s} {r['precision']} on {args.device}"
+                      f" (preset: {r['preset_precision']}): losses {', '.join(f'{x:.4f}' for x in r['losses'])};"
+                      f" sampling {r['sampling']['finite']}; {r['seconds']:.1f} s", flush=True)
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(results, indent=1).encode())
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 def _objective(args) -> dict:
@@ -240,3 +271,18 @@ def add_parsers(sub) -> None:
     st.add_argument("--overwrite", action="store_true", help="replace RUN/unet/start")
     st.add_argument("--half", action="store_true", help="store the weights in fp16")
     st.set_defaults(func=cmd_train_start)
+
+    pc = tr.add_parser("precision-check", help="every stage's GPU presets under 16-bit autocast, shrunk: finite?",
+                       description="A few training steps of every stage at a GPU preset's precision, the models "
+                                   "shrunk, then a sampling pass under autocast; every loss and output must be finite "
+                                   "and the 16-bit kernels must have run (on a CPU: bf16). docs/scaling.md.")
+    pc.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    pc.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
+                    help="precisions to check (default: each preset's own; on a CPU bf16)")
+    pc.add_argument("--presets", nargs="+", choices=GPU_PRESETS, default=list(GPU_PRESETS),
+                    help="GPU presets to check (default: both)")
+    pc.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=list(STAGE_NAMES),
+                    help="stages to check (default: all)")
+    pc.add_argument("--steps", type=int, default=3, help="training steps per check (default %(default)s)")
+    pc.add_argument("--json", default=None, help="also write the results to this JSON file")
+    pc.set_defaults(func=cmd_precision_check)

@@ -25,9 +25,12 @@ that is renamed into place only when complete (no half-written object is ever vi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import json
 import os
+import signal
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -80,7 +83,7 @@ def prepare_output_file(path, overwrite: bool = False, inputs=()) -> Path:
     if path.exists() and any(Path(p).exists() and os.path.samefile(p, path) for p in inputs):
         raise OutputError(f"{path}: is also this command's input; choose another output name")
     if path.exists() and not overwrite:
-        raise OutputError(f"{path}: exists; pass --overwrite to replace it, or choose another name")
+        raise OutputError(f"{path}: exists; pass `overwrite=True` to replace it, or choose another name")
     prepare_output_folder(path.parent)
     return path
 
@@ -150,10 +153,6 @@ def end_with_parent(ignore_sigint: bool = False) -> None:
     even by ``kill -9``, so no worker goes on writing into a folder nobody owns; elsewhere a
     no-op (the pool's own shutdown still ends the workers on a normal exit or an interrupt).
     ``ignore_sigint``: Ctrl-C is left to the parent, which lets the jobs in flight finish."""
-    import ctypes
-    import signal
-    import sys
-
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if ignore_sigint:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -374,13 +373,14 @@ def open_dataset(out_dir, generator: str, settings: dict, **info) -> dict:
         diffs = [f"{k} {doc.get(k)!r}, now {v!r}" for k, v in want.items() if doc.get(k) != v]
         if diffs:
             raise OutputError(f"{out}: a data set made with other settings ({'; '.join(diffs)}); one folder holds one "
-                              "data set: choose another --out, or delete this one first")
+                              "data set: choose another `out_dir`, or delete this one first")
         entries = {e["file"]: e for e in doc.get("objects", [])}
     else:
         others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         if others:
             raise OutputError(f"{out}: holds {len(others)} file(s) ({', '.join(others[:3])}"
-                              f"{', ...' if len(others) > 3 else ''}) but no index.json; choose an empty or new --out")
+                              f"{', ...' if len(others) > 3 else ''}) but no index.json; choose an empty or new "
+                              "`out_dir`")
         entries = {}
     write_index(out, sorted(entries.values(), key=lambda e: e["file"]), complete=False, **want, **info)
     return entries

@@ -38,10 +38,13 @@ from pathlib import Path
 
 import numpy as np
 import trimesh
+from tqdm.auto import tqdm
 
 from ..config import HALF_EXTENT, SampleSpec
+from . import io as data_io  # data_io.save_object is looked up per call, so a replaced one (a test's) is used
+from .io import close_dataset, open_dataset
 from .occupancy import mesh_occupancy, occupancy_method
-from .render import ray_intersector
+from .render import ray_backend, ray_intersector
 from .sampling import make_example
 from .surface import ColoredMesh, ConstantColor, CornerColors, TextureColor
 
@@ -366,11 +369,6 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
     settings are refused. Every object uses the same ``seed``, so a file's arrays do not depend
     on which other files are imported with it.
     """
-    from tqdm.auto import tqdm
-
-    from .io import close_dataset, open_dataset, save_object
-    from .render import ray_backend
-
     out_dir = Path(out_dir)
     files, failures = expand_paths(paths)
     if not files:
@@ -384,7 +382,7 @@ def import_files(paths, out_dir, spec: SampleSpec, seed: int = 0, progress: bool
                            disable=not progress):
         try:
             example, cmesh = _import(path, spec, seed)
-            save_object(out_dir / name, example)
+            data_io.save_object(out_dir / name, example)
         except MeshImportError as e:
             failures.append((str(path), str(e)))
             continue

@@ -24,23 +24,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import re
 import signal
 import threading
 import time
 import zipfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+from tqdm.auto import tqdm
+
 from ..config import SampleSpec
-from .io import REQUIRED, atomic_write_bytes, end_with_parent, read_index, write_index
+from .io import REQUIRED, atomic_write_bytes, end_with_parent, read_index, save_object, write_index
 from .mesh_import import SUPPORTED, MeshImportError, _one_line, import_mesh
+from .occupancy import occupancy_method
+from .render import ray_backend
 
 MANIFEST = "compress3d_lite/objaverse-manifest-v1"
 UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # characters not allowed in a uid (it names a file)
 DOWNLOAD_CHUNK = 64  # uids per objaverse.load_objects call (downloads interleave with imports)
 NOT_INSTALLED = ("the objaverse package is not installed: pip install -e '.[full]' "
-                 "(or pass --source DIR for a local folder of GLBs)")
+                 "(or pass `source`, a local folder of GLBs)")
 
 
 class ObjaverseError(ValueError):
@@ -73,7 +81,7 @@ def source_files(folder) -> dict:
     a clash (cow.obj and cow.glb) gives the later file ``<uid>_<ext>`` (then ``_2``, ``_3`` ...)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ObjaverseError(f"{folder}: no such folder (--source wants a folder of mesh files)")
+        raise ObjaverseError(f"{folder}: no such folder (`source` wants a folder of mesh files)")
     files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED)
     if not files:
         raise ObjaverseError(f"{folder}: no {'/'.join(SUPPORTED)} files in the folder")
@@ -95,8 +103,6 @@ def choose(available: list, wanted: list | None, n: int | None, shuffle: bool, s
         return wanted
     order = sorted(available)
     if shuffle:
-        import numpy as np
-
         order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
     return order[:n]
 
@@ -157,8 +163,6 @@ def process_one(job: dict) -> dict:
     try:
         with time_limit(job["timeout"]):
             example = import_mesh(path, SampleSpec.from_dict(job["spec"]), job["seed"])
-        from .io import save_object
-
         save_object(job["npz"], example)
     except Exception as e:  # MeshImportError, a timeout, a bug, an exotic file: report, go on
         reason = str(e) if isinstance(e, MeshImportError) else f"{path}: {_one_line(e)}"
@@ -175,9 +179,6 @@ def run_jobs(jobs, workers: int):
     if workers <= 1:
         yield from map(process_one, jobs)
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
 
     def new_pool():  # workers ignore Ctrl-C: the main process stops the queue and waits for them
         return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
@@ -218,7 +219,7 @@ def run_jobs(jobs, workers: int):
 
 def _online_paths(uids: list, workers: int):
     """Yield (uid, local path or None, failure reason or None), downloading in chunks."""
-    import objaverse
+    import objaverse  # optional (pip install -e '.[full]'): only the online download needs it
 
     for k in range(0, len(uids), DOWNLOAD_CHUNK):
         chunk = uids[k:k + DOWNLOAD_CHUNK]
@@ -237,7 +238,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     if out.exists() and not out.is_dir():
         raise ObjaverseError(f"{out}: exists and is not a folder")
     if (out / "index.json").exists() and read_index(out, allow_unfinished=True).get("generator") != "objaverse":
-        raise ObjaverseError(f"{out / 'index.json'}: a dataset made by another command; use another --out")
+        raise ObjaverseError(f"{out / 'index.json'}: a dataset made by another command; use another `out_dir`")
     try:
         old = json.loads((out / "manifest.json").read_text())["settings"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -246,13 +247,11 @@ def _check_settings(out: Path, settings: dict) -> None:
     changed = [f"{k} {was.get(k)} -> {now[k]}" for k in now if was.get(k) != now[k]]
     if changed:
         raise ObjaverseError(f"{out / 'manifest.json'}: made with other settings ({', '.join(changed)}); use the "
-                             "same --views/--res/--points/--occ/--seed to resume, or another --out")
+                             "same `spec` and `seed` to resume, or another `out_dir`")
 
 
 def _entry_from_file(npz: Path) -> dict | None:
     """The index.json entry of an object made by an earlier run (None: unreadable)."""
-    import numpy as np
-
     try:
         with np.load(npz, allow_pickle=False) as z:
             return {"file": f"objects/{npz.name}", "uid": npz.stem, "source": str(z["source"]),
@@ -285,18 +284,13 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
             shuffle: bool = False, seed: int = 0, workers: int = 1, timeout: float = 300,
             quality=None, threshold: float | None = None, progress: bool = True) -> dict:
     """Import the chosen objects into ``out_dir`` (see module docstring); returns the manifest.
-    ``quality``: a scorer of object files (``stages.quality_filter.QualityFilter``: ``score(paths)``,
+    ``quality``: a scorer of object files (``scaling.quality_filter.QualityFilter``: ``score(paths)``,
     ``threshold``, ``source``) whose low scorers stay out of index.json. Bad input (uids file,
     source folder, missing package, other settings in ``out_dir``) raises ObjaverseError before
     anything is written."""
-    from tqdm.auto import tqdm
-
-    from .occupancy import occupancy_method
-    from .render import ray_backend
-
     t0, out = time.time(), Path(out_dir)
     if (uids_file is None) == (n is None) or (n is not None and n < 1):
-        raise ObjaverseError("give either --uids FILE or --n N (N >= 1)")
+        raise ObjaverseError("give either `uids_file` or `n` (n >= 1)")
     wanted = read_uids(uids_file) if uids_file is not None else None
     settings = {"mode": "source" if source is not None else "online", "source": source and str(source),
                 "uids_file": uids_file and str(uids_file), "n": n, "shuffle": shuffle, "seed": seed,
@@ -306,7 +300,7 @@ def prepare(out_dir, spec: SampleSpec, source=None, uids_file=None, n: int | Non
         files = source_files(source)
     else:
         try:
-            import objaverse
+            import objaverse  # optional (pip install -e '.[full]'): only the online download needs it
         except ImportError:
             raise ObjaverseError(NOT_INSTALLED) from None
         files = None

@@ -126,7 +126,7 @@ def visibility_occupancy(mesh: trimesh.Trimesh, points: np.ndarray, n_directions
 def winding_number_occupancy(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     """(M, 3) query points -> (M,) bool, True = inside: |generalised winding number| > 1/2
     (libigl's fast winding number of the triangle soup; see the module docstring)."""
-    import igl
+    import igl  # heavy (libigl, ~0.2 s to import): only this inside test needs it, not the Embree one
 
     points = np.asarray(points, np.float64).reshape(-1, 3)
     if not len(points):

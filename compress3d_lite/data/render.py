@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import trimesh
+from trimesh.ray import ray_triangle
 
 from ..config import AMBIENT
 from .surface import ColoredMesh
@@ -29,7 +30,7 @@ from .surface import ColoredMesh
 
 def ray_backend() -> str:
     """'embree' when embreex is importable, else 'rtree' (trimesh's fallback)."""
-    try:
+    try:  # optional (pip install -e '.[fast]'): Intel Embree, where it has wheels
         import embreex  # noqa: F401
         from trimesh.ray import ray_pyembree  # noqa: F401
 
@@ -41,12 +42,10 @@ def ray_backend() -> str:
 def ray_intersector(mesh: trimesh.Trimesh):
     """The fastest available trimesh ray intersector for ``mesh``."""
     if ray_backend() == "embree":
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
+        from trimesh.ray.ray_pyembree import RayMeshIntersector  # optional: only there when embreex is
 
         return RayMeshIntersector(mesh, scale_to_box=False)
-    from trimesh.ray.ray_triangle import RayMeshIntersector
-
-    return RayMeshIntersector(mesh)
+    return ray_triangle.RayMeshIntersector(mesh)
 
 
 def first_hits(intersector, mesh, origins, directions):

@@ -16,10 +16,15 @@ Output is deterministic (same bytes every run) and every file is well under 300 
 
 from __future__ import annotations
 
+import logging
+import sys
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import trimesh
+from PIL import Image
+from trimesh.visual.material import PBRMaterial
 
 from .io import atomic_write_bytes
 from .mesh_import import srgb_decode
@@ -93,10 +98,6 @@ def crate_mtl_text() -> str:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    from io import BytesIO
-
-    from PIL import Image
-
     buf = BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     return buf.getvalue()
@@ -109,8 +110,6 @@ def png_bytes(image: np.ndarray) -> bytes:
 def lamp_glb_bytes() -> bytes:
     """A GLB with one node per lamp part; the node transform scales the part by LAMP_UNITS and
     moves it off-centre, so the importer's scene-graph and normalisation paths are exercised."""
-    from trimesh.visual.material import PBRMaterial
-
     obj = make_toy_object(TOY_SEED, LAMP_INDEX, category="lamp")
     node_matrix = similarity((10.0, 40.0, -5.0), scale=LAMP_UNITS)
     scene = trimesh.Scene()
@@ -166,7 +165,6 @@ def write_sample_meshes(out_dir, overwrite: bool = False) -> list:
 
 
 if __name__ == "__main__":  # python -m compress3d_lite.data.sample_meshes OUT_DIR
-    import sys
-
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for p in write_sample_meshes(sys.argv[1] if len(sys.argv) > 1 else "data_samples", overwrite=True):
-        print(f"{p}  {p.stat().st_size:,} B")
+        logging.getLogger(__name__).info("%s  %s B", p, f"{p.stat().st_size:,}")

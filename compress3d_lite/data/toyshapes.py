@@ -15,12 +15,19 @@ its bounding box fits in [-0.9, 0.9]^3 (docs/design.md §2); ``obj.transform`` i
 from __future__ import annotations
 
 import colorsys
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import HALF_EXTENT, SampleSpec
+from .io import close_dataset, end_with_parent, open_dataset, save_object
 from .primitives import Box, ConvexPolytope, Ellipsoid, Frustum, Primitive, Torus, Tube, prism, rot, similarity
+from .render import ray_backend
 from .sampling import make_example
 from .surface import ColoredMesh, ConstantColor
 
@@ -363,18 +370,12 @@ def make_toy_object(seed: int, index: int, category: str | None = None) -> ToyOb
 def _write_one(job) -> dict:
     """Worker: make, render and save object ``index``; returns its index.json entry."""
     seed, index, spec_dict, out_dir, png = job
-    from pathlib import Path
-
-    from .io import save_object
-
     spec = SampleSpec.from_dict(spec_dict)
     obj = make_toy_object(seed, index)
     example = toy_example(obj, spec, object_rng(seed, index))
     name = f"{index:06d}.npz"
     save_object(Path(out_dir) / name, example)
     if png and spec.views:
-        from PIL import Image
-
         for v, image in enumerate(example["images"]):
             Image.fromarray(image).save(Path(out_dir) / "images" / f"{index:06d}_{v}.png")
     return {"file": name, "index": index, "category": obj.category, "n_parts": len(obj.parts)}
@@ -387,14 +388,6 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
     Output bytes do not depend on ``workers``. The folder's manifest (``io.open_dataset``): a
     rerun with the same seed and spec continues it (an interrupted run is finished, more objects
     are added), other settings are refused; ``index.json`` lists every object of the folder."""
-    import os
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
-    from .io import close_dataset, end_with_parent, open_dataset
-    from .render import ray_backend
-
     spec = spec or SampleSpec()
     out_dir = Path(out_dir)
     settings = {"seed": seed, "spec": spec.to_dict()}
@@ -408,8 +401,6 @@ def write_toyshapes(n: int, out_dir, spec: SampleSpec | None = None, seed: int =
     if workers == 1:
         entries = [_write_one(j) for j in tqdm(jobs, **bar)]
     else:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers, initializer=end_with_parent) as pool:
             entries = list(tqdm(pool.imap(_write_one, jobs, chunksize=4), **bar))
     close_dataset(out_dir, {**done, **{e["file"]: e for e in entries}}, "toyshapes", settings, **info)

@@ -22,6 +22,7 @@ regression reads). Every row is scored by ``generate.measure_case``, as the diag
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from ..config import SampleSpec
 from ..data.io import read_index
 from ..data.toyshapes import write_toyshapes
 from ..diffusion import is_flow, make_scheduler, noisy, target_for
-from ..stages.embed import embed_folder
+from ..inference.embed import embed_folder
+from ..inference.vae import encode_latents
 from ..stages.start import fit_start
-from ..stages.vae import encode_latents
 from .generate import VIEW_RES, Bench, _view, measure_latents, summary_line, true_latents
+
+log = logging.getLogger(__name__)
 
 N_BANDS = 10  # timestep bands of the per-band loss, each 1/N_BANDS of the schedule
 
@@ -140,7 +143,7 @@ def bounds(bench: Bench, cache, seed: int = 0, res: int = 64, n_train: int | Non
          for s in refine_strengths]:
         rows.append({"name": name, "note": note, "summary": measure_latents(bench, z.to(bench.pipe.device), res)[0]})
         if progress:
-            print(summary_line("bounds", name, rows[-1]["summary"]), flush=True)
+            log.info(summary_line("bounds", name, rows[-1]["summary"]))
     held_out = true_latents(bench, list(range(len(bench.cases)))).cpu()
     k = min(len(gallery["z"]), 4 * len(held_out))
     bands = {"train": band_losses(bench, gallery["z"][:k], gallery["e_i"][:k], gallery["e_s"][:k], seed),

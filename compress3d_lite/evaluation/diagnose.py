@@ -29,13 +29,18 @@ reads its defaults. The test split is never used to choose.
 
 from __future__ import annotations
 
+import logging
 import time
 
+from ..checkpoint import read_config, resolve_folder, update_config
 from ..config import SAMPLERS
+from ..pipeline import PRESETS
 from .bounds import bounds, format_bands
 from .generate import Variant, format_summaries, make_bench, run_variant, settings_of, summary_line
 from .report import clean
 from .test_set import SPLITS
+
+log = logging.getLogger(__name__)
 
 DIAGNOSIS = [
     Variant("vae (ceiling)", decode_true=True, note="true object's latent, decoded"),
@@ -63,7 +68,7 @@ def _run(bench, variants, seed, res, progress, label) -> dict:
         summary, _ = run_variant(bench, v, seed, res)
         rows.append({"name": v.name, "note": v.note, "settings": settings_of(bench, v), "summary": summary})
         if progress:
-            print(summary_line(label, v.name, summary), flush=True)
+            log.info(summary_line(label, v.name, summary))
     return {"pipeline": str(bench.pipeline), "split": bench.split, "seed": SPLITS[bench.split],
             "n_objects": len(bench.cases), "sample_seed": seed, "mesh_res": res, "rows": rows,
             "seconds": time.perf_counter() - t0}
@@ -154,7 +159,7 @@ def parse_intervals(text: str) -> list:
         except ValueError:
             pair = None
         if pair is None or not 0 <= pair[0] < pair[1] <= 1:
-            raise ValueError(f"--intervals {text!r}: expected LO-HI pairs with 0 <= LO < HI <= 1, e.g. 0-1,0.2-0.8")
+            raise ValueError(f"`intervals` {text!r}: expected LO-HI pairs with 0 <= LO < HI <= 1, e.g. 0-1,0.2-0.8")
         out.append(pair)
     return out or [(0.0, 1.0)]
 
@@ -165,38 +170,31 @@ def parse_samplers(text: str) -> list:
     for part in (t.strip() for t in text.split(",") if t.strip()):
         name, _, steps = part.partition(":")
         if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-            raise ValueError(f"--samplers {text!r}: expected SAMPLER:STEPS pairs, e.g. ddim:25,dpm:10 "
+            raise ValueError(f"`samplers` {text!r}: expected SAMPLER:STEPS pairs, e.g. ddim:25,dpm:10 "
                              "(samplers ddim, dpm; euler for a rectified-flow UNet)")
         out.append((name, int(steps)))
     if not out:
-        raise ValueError("--samplers: give at least one SAMPLER:STEPS")
+        raise ValueError("`samplers`: give at least one SAMPLER:STEPS")
     return out
 
 
 def apply_settings(pipeline, report: dict):
     """Write a sweep's chosen guidance, sampler and steps into the pipeline folder's unet/config.json
-    (where ``Compress3DPipeline`` reads its defaults). Returns the file written."""
-    import json
-
-    from ..checkpoint import resolve_folder
-    from ..data.io import atomic_write_bytes
-    from ..pipeline import PRESETS
-
+    (where ``Compress3DPipeline`` reads its defaults), atomically (``checkpoint.update_config``).
+    Returns the file written."""
     if isinstance(pipeline, str) and pipeline in PRESETS:
-        raise ValueError(f"--apply writes into a pipeline folder; {pipeline!r} is the shipped preset")
-    path = resolve_folder(pipeline) / "unet" / "config.json"
-    cfg = json.loads(path.read_text())
+        raise ValueError(f"{pipeline!r} is the shipped preset; the chosen settings are written into a pipeline "
+                         "folder")
+    unet = resolve_folder(pipeline) / "unet"
     best = report["best_settings"]
-    cfg["diffusion"].update(sampler=best["sampler"], sample_steps=best["steps"])
-    cfg["guidance"] = {"image": best["guidance_image"], "shape": best["guidance_shape"],
-                       "interval": list(best.get("guidance_interval", (0.0, 1.0))),
-                       "rescale": best.get("guidance_rescale", 0.0),
-                       "chosen_by": f"compress3d-lite evaluate sweep --split {report['split']} --n "
-                                    f"{report['n_objects']}: the best mean of the median IoU, the median IoU near the "
-                                    "surface and the worst category's; within 0.005 of it, the higher category "
-                                    "accuracy, then the fewer steps"}
-    atomic_write_bytes(path, (json.dumps(cfg, indent=1) + "\n").encode())
-    return path
+    diffusion = {**read_config(unet)["diffusion"], "sampler": best["sampler"], "sample_steps": best["steps"]}
+    guidance = {"image": best["guidance_image"], "shape": best["guidance_shape"],
+                "interval": list(best.get("guidance_interval", (0.0, 1.0))),
+                "rescale": best.get("guidance_rescale", 0.0),
+                "chosen_by": f"evaluate sweep on the {report['split']} split, {report['n_objects']} objects: the "
+                             "best mean of the median IoU, the median IoU near the surface and the worst "
+                             "category's; within 0.005 of it, the higher category accuracy, then the fewer steps"}
+    return update_config(unet, {"diffusion": diffusion, "guidance": guidance})
 
 
 def format_rows(report: dict, categories: bool = True) -> str:

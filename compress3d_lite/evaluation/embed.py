@@ -25,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.dataset import CATEGORY_NAMES
+from ..inference.embed import embed_points, embed_rgba, load_towers
+from ..inference.prior import load_prior
 from ..samples import shipped_checkpoint
-from ..stages.embed import embed_points, embed_rgba, load_towers
-from ..stages.prior import load_prior
 from .metrics import retrieval
 from .report import check_targets, clean, target_line
 from .test_set import SPLITS, held_out, input_view, surface_points
@@ -41,8 +42,6 @@ PRIOR_TARGETS = {"cosine": (">=", 0.8)}
 def embedding_test_set(split: str, n: int, n_points: int, resolution: int = 64, progress: bool = True) -> dict:
     """{"points" (n, N, 3), "colors" (n, N, 3), "rgba" (n, 4, R, R) in [0, 1], "category" (n,),
     "names": [...]}: the evaluation inputs of objects 0..n-1 of ``split``; deterministic."""
-    from tqdm.auto import tqdm
-
     pts, cols, imgs, cats = [], [], [], []
     for item in tqdm(held_out(split, n, "embed", min_n=2), desc=f"test objects ({split})", unit="obj",
                      disable=not progress):  # retrieval needs candidates: n >= 2

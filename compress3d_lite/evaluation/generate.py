@@ -9,7 +9,7 @@ generates a mesh from it, with the prior and without it (the paper's ablation, s
 measure, in the [-1, 1] data frame:
 
     IoU           occupancy of the generated field (logit > 0) vs the exact occupancy at 50,000
-                  uniform points in the cube
+                  uniform points in the cube (the counts: test_set.POINTS["generate"])
     IoU near      the same at 50,000 points near the true surface: visible-surface samples moved
                   by N(0, 0.05^2) per axis. Uniform points are mostly far from any surface, so
                   uniform IoU is forgiving of a missing pole or table leg; this one is not
@@ -41,24 +41,38 @@ Settings are chosen on the val split (``diagnose.py``); the test split is measur
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import trimesh
 from scipy.spatial import cKDTree
 
 from ..data.dataset import CATEGORY_NAMES
 from ..data.images import load_image
 from ..data.render import render_trimesh
+from ..inference.embed import embed_images, embed_mesh, embed_points
 from ..mesh import MeshingError, extract_mesh, query_points
-from ..stages.embed import embed_images, embed_mesh, embed_points
+from ..pipeline import Compress3DPipeline
 from . import metrics
 from .report import check_targets, clean, target_line
-from .test_set import SPLITS, HeldOut, held_out, input_view, occupancy_queries, render_input, surface_points, \
-    surface_samples
+from .test_set import (
+    POINTS,
+    SPLITS,
+    HeldOut,
+    held_out,
+    input_view,
+    occupancy_queries,
+    render_input,
+    surface_points,
+    surface_samples,
+)
 
-N_IOU, N_SURFACE, VIEW_RES = 50_000, 10_000, 64
+log = logging.getLogger(__name__)
+
+VIEW_RES = 64  # px of the input view (the towers' training resolution)
 NEAR_SIGMA = 0.05  # std of the offset of the near-surface IoU points (data frame, objects span 1.8)
 TARGETS = {"iou_median": (">=", 0.75), "iou_near_median": (">=", 0.6), "worst_category_iou": (">=", 0.5),
            "category_acc": (">=", 0.93)}
@@ -72,13 +86,13 @@ class Case:
     image: object  # the input view (PIL image, composited on white)
     camera: np.ndarray  # (1, 4, 4) its cam2world
     rgba: np.ndarray  # (VIEW_RES, VIEW_RES, 4) uint8: the input view before compositing
-    gt_points: np.ndarray  # (N_SURFACE, 3) on the true visible surface
-    gt_colors: np.ndarray  # (N_SURFACE, 3) their true colours
-    gt_parts: np.ndarray  # (N_SURFACE,) the part each lies on
-    queries: np.ndarray  # (N_IOU, 3) uniform in the cube
-    inside: np.ndarray  # (N_IOU,) exact occupancy there
-    near: np.ndarray  # (N_IOU, 3) near the true surface
-    near_inside: np.ndarray  # (N_IOU,)
+    gt_points: np.ndarray  # (S, 3) on the true visible surface; S = POINTS["generate"].surface
+    gt_colors: np.ndarray  # (S, 3) their true colours
+    gt_parts: np.ndarray  # (S,) the part each lies on
+    queries: np.ndarray  # (Q, 3) uniform in the cube; Q = POINTS["generate"].iou
+    inside: np.ndarray  # (Q,) exact occupancy there
+    near: np.ndarray  # (Q, 3) near the true surface
+    near_inside: np.ndarray  # (Q,)
     vae_input: tuple  # (points, colours) on the visible surface: the VAE's input for the true latent
 
 
@@ -115,8 +129,6 @@ class Bench:
 
 def make_bench(pipeline="course", split: str = "test", n: int = 56, device: str | None = None) -> Bench:
     """Load the pipeline and draw every case (the random draws depend on the split and object only)."""
-    from ..pipeline import Compress3DPipeline
-
     items = held_out(split, n, "generate", min_n=2)
     pipe = pipeline if not isinstance(pipeline, (str, dict)) and hasattr(pipeline, "unet") else \
         Compress3DPipeline.from_pretrained(pipeline, device=device)
@@ -125,12 +137,13 @@ def make_bench(pipeline="course", split: str = "test", n: int = 56, device: str 
     gallery = torch.cat([embed_points(pipe.shape_tower, *surface_points(item, n_points)) for item in items])
     cats = torch.tensor([CATEGORY_NAMES.index(item.category) for item in items])
     vae_points = int(pipe.vae_cfg.get("train", {}).get("n_points", 2048))
+    n_iou, n_surface = POINTS["generate"].iou, POINTS["generate"].surface
     cases = []
     for item in items:
         rgba, cam = input_view(item, VIEW_RES)
-        gt_points, gt_colors, gt_parts = surface_samples(item, N_SURFACE)
-        queries, inside = occupancy_queries(item, N_IOU)
-        near = surface_points(item, N_IOU)[0] + item.rng.normal(0.0, NEAR_SIGMA, size=(N_IOU, 3))
+        gt_points, gt_colors, gt_parts = surface_samples(item, n_surface)
+        queries, inside = occupancy_queries(item, n_iou)
+        near = surface_points(item, n_iou)[0] + item.rng.normal(0.0, NEAR_SIGMA, size=(n_iou, 3))
         near = np.clip(near, -1.0, 1.0)
         cases.append(Case(item, load_image(rgba), cam, rgba, gt_points, gt_colors, gt_parts, queries, inside, near, item.obj.contains(near),
                           surface_points(item, vae_points)))
@@ -180,8 +193,6 @@ def generate_case_latents(bench: Bench, v: Variant, seed: int = 0, batch: int = 
 @torch.no_grad()
 def measure_case(bench: Bench, k: int, z: torch.Tensor, res: int = 64) -> dict:
     """Every metric of case k for one normalised latent z (1, 3, c', r', r')."""
-    import trimesh
-
     pipe, case = bench.pipe, bench.cases[k]
     i = case.item.index
     planes = pipe.vae.decode(z * pipe.latent_std + pipe.latent_mean)
@@ -196,7 +207,7 @@ def measure_case(bench: Bench, k: int, z: torch.Tensor, res: int = 64) -> dict:
     except MeshingError as e:
         return {**r, "error": str(e), "chamfer_l1": None, "category_ok": False, "own_object": False,
                 "image_sim": None, "colour_view_err": None}
-    pts, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=i)
+    pts, _ = trimesh.sample.sample_surface(mesh, POINTS["generate"].surface, seed=i)
     r["chamfer_l1"] = metrics.surface_metrics(pts, case.gt_points)["chamfer_l1"]
     e_gen = embed_mesh(pipe.shape_tower, mesh, pipe.shape_points, seed=i)
     best = int((e_gen @ bench.gallery.T.to(e_gen.device)).argmax())
@@ -275,7 +286,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     ``start``: where the UNet starts with the prior ("noise" or "regression", which needs the prior's
     shape embedding: the row without the prior always starts from noise)."""
     if res < 8:
-        raise ValueError("--res must be >= 8")
+        raise ValueError("`res` must be >= 8")
     t_start = time.perf_counter()
     bench = make_bench(pipeline, split, n, device)
     common = {"steps": steps, "sampler": sampler, "guidance": (guidance_image, guidance_shape)}
@@ -284,7 +295,7 @@ def evaluate_generate(pipeline="course", split: str = "test", n: int = 56, res: 
     summaries, objects = {}, [{"index": c.item.index, "category": c.item.category} for c in bench.cases]
     for v in variants:
         if progress:
-            print(f"  {v.name} ...", flush=True)
+            log.info("  %s ...", v.name)
         summaries[v.name], rows = run_variant(bench, v, seed, res, batch)
         for o, r in zip(objects, rows):
             o[v.name] = r

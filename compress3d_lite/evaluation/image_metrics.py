@@ -24,6 +24,7 @@ Images everywhere here are float tensors (N, 3, H, W) in [0, 1], or uint8 RGBA/R
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,6 @@ class TowerFeatures(nn.Module):
 
 def inception_available() -> bool:
     """torch-fidelity installed and its Inception-v3 FID weights in the torch hub cache."""
-    import importlib.util
-
     if importlib.util.find_spec("torch_fidelity") is None:
         return False
     return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).exists()
@@ -86,7 +85,7 @@ def fid_features(kind: str = "auto", tower=None) -> tuple:
         if not inception_available():
             raise RuntimeError("Inception FID features need torch-fidelity and its weights: pip install "
                                "torch-fidelity, then once online: python -c \"from torchmetrics.image.fid import "
-                               "FrechetInceptionDistance as F; F()\"; or use --fid-features tower")
+                               "FrechetInceptionDistance as F; F()\"; or use the tower's features (`features=tower`)")
         return 2048, {"name": "inception-v3 pool3", "dim": 2048, "standard": True}
     if tower is None:
         raise ValueError("FID without Inception weights needs an open_clip image tower")
@@ -97,7 +96,7 @@ def fid_features(kind: str = "auto", tower=None) -> tuple:
 @torch.no_grad()
 def fid(real, fake, feature, batch_size: int = 64) -> float:
     """Frechet distance between the feature Gaussians of two image sets (torchmetrics)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.fid import FrechetInceptionDistance  # heavy (~3 s to import): only FID needs it
 
     real, fake = to_rgb_tensor(real), to_rgb_tensor(fake)
     if len(real) < 2 or len(fake) < 2:

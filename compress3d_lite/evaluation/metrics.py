@@ -25,6 +25,7 @@ Nearest neighbours come from scipy's cKDTree (exact).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 F_SCORE_TAU = 0.02
@@ -116,8 +117,6 @@ def retrieval(queries, gallery, query_categories=None, gallery_categories=None, 
     Returns top-k accuracy for each k (share of queries whose own item ranks in the first k)
     and, with categories, ``category_acc``: share of queries whose top-1 item has the query's
     category (OpenShape / ULIP's retrieval accuracy on classes)."""
-    import torch
-
     q, g = torch.as_tensor(queries).float(), torch.as_tensor(gallery).float()
     sim = q @ g.t()  # (Q, G)
     own = sim.diagonal()[:, None]

@@ -3,7 +3,8 @@
     compress3d-lite evaluate paper --out outputs/paper_eval                      # main table + no-prior
     compress3d-lite evaluate paper --ablations all --out outputs/paper_eval      # every ablation
 
-The protocol (the paper does not state one: docs/paper.md §8.1 "NOT FOUND"; ours, written down):
+The protocol (the paper does not state one: docs/paper.md §8.1 "NOT FOUND"; ours, written down;
+protocol.py holds it, its cameras and its test set):
 
     test set      n held-out toy objects, ``make_toy_object(SPLITS[split], i)``, i < n (categories
                   cycle: n = 56 is 4 of each of the 14)
@@ -22,7 +23,8 @@ The protocol (the paper does not state one: docs/paper.md §8.1 "NOT FOUND"; our
                   truth render from the same camera, averaged (and, reported too, against the
                   input image)
     IoU / CD / F  the generated field's occupancy vs the exact one at 50,000 uniform points;
-                  Chamfer-L1 and F-score@0.02 between 10,000 points on each surface (metrics.py)
+                  Chamfer-L1 and F-score@0.02 between 10,000 points on each surface (metrics.py;
+                  the counts: test_set.POINTS["paper"])
 
 Ablations (``--ablations``, comma separated, or ``all``):
     prior       without the diffusion prior (image embedding only; paper 8.5)
@@ -35,21 +37,27 @@ Ablations (``--ablations``, comma separated, or ``all``):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
+from tqdm.auto import tqdm
 
-from ..config import PAPER_GUIDANCE, SampleSpec
-from ..data.images import load_image
-from ..data.render import intrinsics, look_at, render_trimesh, render_views
+from ..config import PAPER_GUIDANCE
+from ..data.render import render_trimesh
 from ..mesh import MeshingError, query_points
+from ..pipeline import Compress3DPipeline, pipeline_parts
+from ..samples import shipped_checkpoint
 from . import metrics
 from .image_metrics import clip_similarity, fid, fid_features, to_rgb_tensor
+from .paper_ablations import ablate_attention, ablate_attn_res
+from .protocol import Protocol, eval_cameras, paper_test_set
 from .report import clean
-from .test_set import SPLITS, held_out, input_view, occupancy_queries, surface_points
+from .test_set import POINTS, SPLITS
 
 # docs/paper.md §8.2-8.6
 PAPER_MAIN = {
@@ -63,56 +71,6 @@ PAPER_ATTENTION = {"without": {"l_rgb": 3.798e-3, "l_mask": 6.953e-3, "l_depth":
                    "with": {"l_rgb": 2.485e-3, "l_mask": 5.059e-3, "l_depth": 2.095e-2, "s_per_step": 0.824}}
 PAPER_ATTN_RES = {128: 2.295, 64: 0.961, 32: 0.824}  # s / step; quality "about the same", 32 chosen
 ABLATIONS = ("prior", "guidance", "attention", "attn_res")
-N_IOU, N_SURFACE = 50_000, 10_000
-
-
-@dataclass
-class Protocol:
-    split: str = "test"
-    n: int = 56
-    input_res: int = 64  # the towers' training resolution
-    views: int = 4
-    view_res: int = 128
-    elevation_deg: float = 20.0
-    radius: float = 4.6
-    fov_deg: float = 40.0
-    mesh_res: int = 64
-    steps: int = 25
-    seed: int = 0
-    background: str = "white"
-
-
-def eval_cameras(p: Protocol) -> np.ndarray:
-    """(views, 4, 4) the fixed cameras every asset and ground truth is rendered from."""
-    az = np.deg2rad(45.0 + 360.0 * np.arange(p.views) / p.views)
-    el = np.deg2rad(p.elevation_deg)
-    eyes = p.radius * np.stack([np.cos(el) * np.sin(az), np.full_like(az, np.sin(el)), np.cos(el) * np.cos(az)], 1)
-    return np.stack([look_at(e) for e in eyes])
-
-
-@dataclass
-class TestObject:
-    index: int
-    category: str
-    obj: object
-    image: object  # PIL, the pipeline's input
-    gt_views: np.ndarray  # (views, H, W, 4) uint8
-    gt_points: np.ndarray  # (N_SURFACE, 3) on the visible surface
-    queries: np.ndarray  # (N_IOU, 3)
-    inside: np.ndarray  # (N_IOU,) exact occupancy
-
-
-def paper_test_set(p: Protocol, seed: int | None = None) -> list:
-    """The test set with its inputs and reference renders (deterministic; test_set.py's objects)."""
-    cams, out = eval_cameras(p), []
-    for item in held_out(p.split, p.n, "paper", seed=seed):
-        rgba, _ = input_view(item, p.input_res, SampleSpec(fov_deg=p.fov_deg))
-        gt_views, _ = render_views(item.obj.colored_mesh(), cams, intrinsics(p.view_res, p.fov_deg), p.view_res)
-        gt_points, _ = surface_points(item, N_SURFACE)
-        queries, inside = occupancy_queries(item, N_IOU)
-        out.append(TestObject(item.index, item.category, item.obj, load_image(rgba), gt_views, gt_points, queries,
-                              inside))
-    return out
 
 
 @dataclass
@@ -149,9 +107,6 @@ def make_scorer(objects: list, p: Protocol, tower, features: str = "auto", floor
 def generate_set(pipe, objects: list, p: Protocol, use_prior: bool = True, guidance_image=None,
                  guidance_shape=None, progress: bool = True, desc: str = "generate") -> tuple:
     """(renders (n * views, 3, H, W), per-object rows) of the pipeline's assets for ``objects``."""
-    import trimesh
-    from tqdm.auto import tqdm
-
     cams, renders, rows = eval_cameras(p), [], []
     for o in tqdm(objects, desc=desc, unit="obj", disable=not progress):
         row = {"index": o.index, "category": o.category}
@@ -165,7 +120,7 @@ def generate_set(pipe, objects: list, p: Protocol, use_prior: bool = True, guida
             continue
         renders.append(render_trimesh(mesh, cams, p.view_res, p.fov_deg))
         logits, _ = query_points(pipe.vae, pipe.vae.decode(out.latents), o.queries)
-        pts, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=np.random.default_rng(o.index))
+        pts, _ = trimesh.sample.sample_surface(mesh, POINTS["paper"].surface, seed=np.random.default_rng(o.index))
         surf = metrics.surface_metrics(pts, o.gt_points)
         rows.append({**row, "iou": metrics.iou(logits > 0, o.inside), "chamfer_l1": surf["chamfer_l1"],
                      "f_score": surf["f_score"], "seconds": out.timings["total"]})
@@ -192,8 +147,6 @@ def evaluate_variant(pipe, objects, scorer, p, progress=True, **kw) -> dict:
 
 def _train_hours(parts: dict) -> float | None:
     """CPU/GPU hours of the pipeline's training runs from their train_log.jsonl (None if unknown)."""
-    import json
-
     total = 0.0
     for d in parts.values():
         d = Path(d)
@@ -210,22 +163,18 @@ def parse_grid(text: str) -> list:
         gi, gs = text.lower().split("x")
         return [(float(a), float(b)) for a in gi.split(",") for b in gs.split(",")]
     except ValueError:
-        raise ValueError(f"--guidance-grid {text!r}: expected IMAGE_SCALES x SHAPE_SCALES, e.g. 1,2,5x1,2") from None
+        raise ValueError(f"`guidance_grid` {text!r}: expected IMAGE_SCALES x SHAPE_SCALES, e.g. 1,2,5x1,2") from None
 
 
 def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablations=("prior",), features="auto",
                    guidance_grid="1,2,5x1,2", vae_with=None, vae_without=None, attn_res=None,
                    attn_res_vaes=None, device=None, progress: bool = True) -> dict:
     """Run the protocol (module docstring) and the chosen ablations; the report dict."""
-    from ..pipeline import Compress3DPipeline, pipeline_parts
-    from ..samples import shipped_checkpoint
-    from .paper_ablations import ablate_attention, ablate_attn_res
-
     p = protocol or Protocol()
     if p.split not in SPLITS:
         raise ValueError(f"unknown split {p.split!r}; choose from {', '.join(SPLITS)}")
     if p.n < 2 or p.views < 1 or p.view_res < 16 or p.mesh_res < 8:
-        raise ValueError("--n must be >= 2, --views >= 1, --view-res >= 16 and --mesh-res >= 8")
+        raise ValueError("`n` must be >= 2, `views` >= 1, `view_res` >= 16 and `mesh_res` >= 8")
     unknown = set(ablations) - set(ABLATIONS)
     if unknown:
         raise ValueError(f"unknown ablation(s) {sorted(unknown)}; choose from {', '.join(ABLATIONS)} or all")
@@ -356,6 +305,6 @@ def format_markdown(r: dict) -> str:
             ratio = int(res) // a["latent_res"]
             lines.append(f"| {ratio} | {res} | {PAPER_ATTN_RES.get(32 * ratio, '-')} | {_f(q.get('s_per_step'))} | "
                          f"{_f(q['l_rgb'] * 1e3 if q.get('l_rgb') is not None else None)} | {_f(q.get('iou'))} |")
-        lines += ["", "Reconstruction columns are filled for the checkpoints given with --attn-res-vaes.", ""]
+        lines += ["", "Reconstruction columns are filled for the checkpoints given in `attn_res_vaes`.", ""]
     lines.append(f"Total {r['seconds']:.0f} s.")
     return "\n".join(lines) + "\n"

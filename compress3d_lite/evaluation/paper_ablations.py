@@ -1,7 +1,7 @@
 """The paper's autoencoder ablations with our protocol (docs/paper.md §8.3, §8.4): the VAE with and
 without 3D-aware cross-attention, and the resolution r'' of the queried volume. Each reports the
 paper's render losses L_rgb, L_mask, L_depth of the reconstruction on the protocol's cameras
-(paper.py), IoU / Chamfer / F, and the seconds per training step on this machine.
+(protocol.py), IoU / Chamfer / F, and the seconds per training step on this machine.
 """
 
 from __future__ import annotations
@@ -11,24 +11,32 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+import trimesh
+from accelerate import Accelerator
+from tqdm.auto import tqdm
 
+from ..config import SampleSpec, TrainConfig
+from ..data.render import intrinsics, render_views
+from ..data.sampling import sample_surface
+from ..data.surface import ColoredMesh
+from ..data.toyshapes import make_toy_object, toy_example
+from ..inference.vae import load_vae
+from ..mesh import MeshingError, extract_mesh, query_points
+from ..models.autoencoder import TriplaneVAE
+from ..stages.vae import vae_step
+from ..training.loop import TrainingStep
 from . import metrics
-from .paper import N_SURFACE, Protocol, eval_cameras
+from .protocol import Protocol, eval_cameras
+from .test_set import POINTS
 
 
 def train_seconds_per_step(cfg, batch_size: int = 8, n_points: int = 2048, n_occ: int = 4096, steps: int = 3,
                            seed: int = 0) -> float:
     """Wall seconds of one VAE training step on toy objects, this machine: the step ``fit`` runs
-    (``stages.vae.vae_step``, backward, AdamW; the median of ``steps`` after a warm-up)."""
-    from ..config import SampleSpec
-    from ..data.toyshapes import make_toy_object, toy_example
-    from ..models.autoencoder import TriplaneVAE
-    from ..stages.vae import vae_step
-    from ..training.loop import TrainConfig, make_optimizer
-
+    (``stages.vae.vae_step`` and ``TrainingStep``: backward, clipping, AdamW, schedule; the median
+    of ``steps`` after a warm-up)."""
     torch.manual_seed(seed)
-    model = TriplaneVAE(cfg).train()
-    _, opt, _ = make_optimizer(model, TrainConfig())
+    train = TrainingStep(Accelerator(cpu=True), TriplaneVAE(cfg).train(), TrainConfig(), ema=False)
     step_fn = vae_step(cfg)
     spec = SampleSpec(n_points=n_points, n_uniform=n_occ // 2, n_near=n_occ - n_occ // 2, views=0)
     ex = [toy_example(make_toy_object(seed, i), spec, np.random.default_rng(i)) for i in range(batch_size)]
@@ -37,10 +45,8 @@ def train_seconds_per_step(cfg, batch_size: int = 8, n_points: int = 2048, n_occ
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
         t = time.perf_counter()
-        loss, _ = step_fn(model, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss, _ = step_fn(train.model, batch)
+        train(loss)
         times.append(time.perf_counter() - t)
     return float(np.median(times[1:]))
 
@@ -50,14 +56,6 @@ def reconstruction_errors(vae, objects: list, p: Protocol, progress: bool = True
     """The paper's AE metrics (8.3) on our renders: L_rgb (MSE of rgb on white), L_mask (MSE of the
     coverage mask), L_depth (mean |depth error| where both are covered) between the ground truth
     and the reconstruction's mesh, from the protocol's cameras; plus IoU / Chamfer / F."""
-    import trimesh
-    from tqdm.auto import tqdm
-
-    from ..data.render import intrinsics, render_views
-    from ..data.sampling import sample_surface
-    from ..data.surface import ColoredMesh
-    from ..mesh import MeshingError, extract_mesh, query_points
-
     cams, K = eval_cameras(p), intrinsics(p.view_res, p.fov_deg)
     device = next(vae.parameters()).device
     rows = []
@@ -79,7 +77,7 @@ def reconstruction_errors(vae, objects: list, p: Protocol, progress: bool = True
         a, b = gt_rgba.astype(np.float32) / 255, rgba.astype(np.float32) / 255
         on_white = [x[..., :3] * x[..., 3:] + (1 - x[..., 3:]) for x in (a, b)]
         both = (gt_depth > 0) & (depth > 0)
-        s, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=np.random.default_rng(o.index))
+        s, _ = trimesh.sample.sample_surface(mesh, POINTS["paper"].surface, seed=np.random.default_rng(o.index))
         surf = metrics.surface_metrics(s, o.gt_points)
         rows.append({**row, "l_rgb": float(np.mean((on_white[0] - on_white[1]) ** 2)),
                      "l_mask": float(np.mean((a[..., 3] - b[..., 3]) ** 2)),
@@ -91,8 +89,6 @@ def reconstruction_errors(vae, objects: list, p: Protocol, progress: bool = True
 
 
 def ablate_attention(with_dir, without_dir, objects, p, progress=True) -> dict:
-    from ..stages.vae import load_vae
-
     out = {}
     for name, d in (("with", with_dir), ("without", without_dir)):
         vae, cfg = load_vae(d)
@@ -106,8 +102,6 @@ def ablate_attention(with_dir, without_dir, objects, p, progress=True) -> dict:
 
 def ablate_attn_res(base_dir, resolutions, vae_dirs, objects, p, progress=True) -> dict:
     """s / step at each r'' for the architecture of ``base_dir``; reconstruction of any given checkpoint."""
-    from ..stages.vae import load_vae
-
     base, cfg = load_vae(base_dir)
     t = cfg["train"]
     valid = [r for r in range(base.cfg.latent_res, base.cfg.volume_res + 1, base.cfg.latent_res)
@@ -115,7 +109,7 @@ def ablate_attn_res(base_dir, resolutions, vae_dirs, objects, p, progress=True) 
     resolutions = resolutions or valid
     bad = [r for r in resolutions if r not in valid]
     if bad:
-        raise ValueError(f"--attn-res {bad}: r'' must be a multiple of the latent res {base.cfg.latent_res} "
+        raise ValueError(f"`attn_res` {bad}: r'' must be a multiple of the latent res {base.cfg.latent_res} "
                          f"that divides the volume res {base.cfg.volume_res} (valid: {valid})")
     rows = {}
     for r in resolutions:

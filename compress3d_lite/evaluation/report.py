@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.io import atomic_write_bytes
+
 
 def clean(x):
     """Round floats for the JSON file; inf / nan become null (strict JSON)."""
@@ -38,8 +40,6 @@ def target_line(name: str, t: dict) -> str:
 
 def write_report(report: dict, path) -> Path:
     """The report as strict JSON, written atomically."""
-    from ..data.io import atomic_write_bytes
-
     path = Path(path)
     atomic_write_bytes(path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode())
     return path

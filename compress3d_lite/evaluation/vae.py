@@ -12,6 +12,7 @@ Per object (all in the [-1, 1] data frame; metric definitions in metrics.py):
     F-score@0.02  30,000 points on the ground-truth visible surface (part faces hidden inside
                   other parts are excluded)
     colour PSNR   the colour head at those 30,000 ground-truth surface points vs their true colours
+                  (the counts: test_set.POINTS["vae"])
 
 Our targets for the shipped course checkpoint: IoU >= 0.90, Chamfer-L1 <= 0.02, PSNR >= 22 dB.
 """
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
+from tqdm.auto import tqdm
 
+from ..data.sampling import sample_surface
+from ..inference.vae import DEFAULT_VAE, load_vae
 from ..mesh import MeshingError, extract_mesh, query_points
+from ..samples import shipped_checkpoint
 from . import metrics
 from .report import check_targets, clean, target_line
-from .test_set import SPLITS, held_out
+from .test_set import POINTS, SPLITS, held_out
 
-N_IOU = 100_000  # uniform occupancy queries per object
-N_SURFACE = 30_000  # surface samples per object, each side, for Chamfer / F-score / PSNR
 TARGETS = {"iou": (">=", 0.90), "chamfer_l1": ("<=", 0.02), "psnr": (">=", 22.0)}
 METRICS = ("iou", "chamfer_l1", "f_score", "psnr")
 
@@ -38,13 +42,10 @@ METRICS = ("iou", "chamfer_l1", "f_score", "psnr")
 @torch.inference_mode()
 def evaluate_object(model, obj, n_points: int, res: int, rng: np.random.Generator) -> dict:
     """All metrics of one ToyObject, plus timings; deterministic given ``rng``."""
-    import trimesh
-
-    from ..data.sampling import sample_surface
-
+    counts = POINTS["vae"]  # occupancy queries (.iou), surface samples each side (.surface)
     cmesh = obj.colored_mesh()
     points, colors, _ = sample_surface(cmesh, n_points, rng, keep=obj.exposed)  # the VAE's input
-    gt_points, gt_colors, _ = sample_surface(cmesh, N_SURFACE, rng, keep=obj.exposed)
+    gt_points, gt_colors, _ = sample_surface(cmesh, counts.surface, rng, keep=obj.exposed)
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     pts = torch.from_numpy(points.astype(np.float32))[None].to(device)  # (1, N, 3)
@@ -55,12 +56,12 @@ def evaluate_object(model, obj, n_points: int, res: int, rng: np.random.Generato
     try:
         mesh = extract_mesh(model, planes, res=res)
         row["recon_seconds"] = time.perf_counter() - t0
-        pred_points, _ = trimesh.sample.sample_surface(mesh, N_SURFACE, seed=rng)
+        pred_points, _ = trimesh.sample.sample_surface(mesh, counts.surface, seed=rng)
         row.update(metrics.surface_metrics(pred_points, gt_points), n_faces=len(mesh.faces))
     except MeshingError as e:  # no surface at all: the worst possible geometry
         row.update(recon_seconds=time.perf_counter() - t0, chamfer_l1=None, f_score=0.0, precision=0.0,
                    recall=0.0, n_faces=0, error=str(e))
-    queries = rng.uniform(-1.0, 1.0, size=(N_IOU, 3))
+    queries = rng.uniform(-1.0, 1.0, size=(counts.iou, 3))
     logits, _ = query_points(model, planes, queries)
     row["iou"] = metrics.iou(logits > 0, obj.contains(queries))
     _, rgb = query_points(model, planes, gt_points)
@@ -89,13 +90,8 @@ def evaluate_vae(ckpt=None, split: str = "test", n: int = 56, res: int = 128, pr
                  progress: bool = True) -> dict:
     """Evaluate the VAE checkpoint ``ckpt`` (default: the shipped course VAE) on objects 0..n-1 of
     ``split``: the report dict."""
-    from tqdm.auto import tqdm
-
-    from ..samples import shipped_checkpoint
-    from ..stages.vae import DEFAULT_VAE, load_vae
-
     if res < 8:
-        raise ValueError("--res must be >= 8")
+        raise ValueError("`res` must be >= 8")
     items = held_out(split, n, "vae")
     t_start = time.perf_counter()
     ckpt = ckpt or shipped_checkpoint(DEFAULT_VAE)
@@ -111,6 +107,7 @@ def evaluate_vae(ckpt=None, split: str = "test", n: int = 56, res: int = 128, pr
         rows.append(row)
     summary = summarize(rows)
     m = cfg["model"]
+    n_iou, n_surface = POINTS["vae"].iou, POINTS["vae"].surface
     report = {
         "checkpoint": str(Path(ckpt).resolve()),
         "config": {"preset": cfg.get("preset"), "step": cfg.get("step"), "attn": m.get("attn"),
@@ -121,11 +118,11 @@ def evaluate_vae(ckpt=None, split: str = "test", n: int = 56, res: int = 128, pr
         "split": split, "seed": seed, "n_objects": n, "res": res,
         "protocol": {
             "frame": "[-1, 1]^3 data frame",
-            "iou": f"{N_IOU} uniform points, field logit > 0 vs exact occupancy",
-            "chamfer_l1": f"{N_SURFACE} mesh points vs {N_SURFACE} GT visible-surface points, "
+            "iou": f"{n_iou} uniform points, field logit > 0 vs exact occupancy",
+            "chamfer_l1": f"{n_surface} mesh points vs {n_surface} GT visible-surface points, "
                           "mean Euclidean NN distance each way, averaged",
             "f_score": "threshold 0.02 (d < 0.02)",
-            "psnr": f"colour head at {N_SURFACE} GT surface points, rgb in [0, 1]",
+            "psnr": f"colour head at {n_surface} GT surface points, rgb in [0, 1]",
             "latent": "posterior mean",
         },
         **summary,

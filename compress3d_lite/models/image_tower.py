@@ -15,14 +15,19 @@ Either way the module maps normalised pixels (B, 3, S, S) to (B, D) unit vectors
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
+from PIL import Image
 
 from ..config import Config
 from .hub import HubMixin
@@ -79,8 +84,7 @@ def fetch_pretrained(arch: str, tag: str) -> None:
     """Fail at once, with instructions, if open_clip's weights for (arch, tag) cannot be had:
     not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1) or unreachable.
     Never a silent fallback, never a long hang on a dead network."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
+    import open_clip  # heavy (~3 s to import): only a pretrained tower needs it here
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
@@ -95,7 +99,7 @@ def fetch_pretrained(arch: str, tag: str) -> None:
     how = (f"get them once on a machine with internet: python -c \"import open_clip; "
            f"open_clip.create_model('{arch}', pretrained='{tag}')\" (they land in the Hugging Face cache, "
            f"~/.cache/huggingface; copy that folder or set HF_HOME), or use the offline image tower "
-           f"'toy' (--image-tower toy)")
+           f"'toy' (`image_tower=toy`)")
     if offline:
         raise PretrainedWeightsUnavailable(f"open_clip weights {arch}/{tag} (hub repo {repo}) are not in the "
                                            f"local cache and HF_HUB_OFFLINE is set; {how}")
@@ -119,7 +123,7 @@ class ImageTower(nn.Module, HubMixin):
 
     def __init__(self, cfg, visual: nn.Module | None = None, mean=OPENAI_MEAN, std=OPENAI_STD):
         super().__init__()
-        from open_clip.transformer import VisionTransformer
+        from open_clip.transformer import VisionTransformer  # heavy (~3 s): imported when a tower is built
 
         self.cfg = cfg
         self.visual = visual if visual is not None else VisionTransformer(
@@ -130,7 +134,7 @@ class ImageTower(nn.Module, HubMixin):
 
     @classmethod
     def pretrained(cls, cfg) -> "ImageTower":
-        import open_clip
+        import open_clip  # heavy (~3 s to import): imported when a tower is built
 
         fetch_pretrained(cfg.arch, cfg.pretrained)
         model = open_clip.create_model(cfg.arch, pretrained=cfg.pretrained)
@@ -142,10 +146,7 @@ class ImageTower(nn.Module, HubMixin):
         """A pretrained tower's open_clip architecture with random init, frozen: nothing is
         downloaded (what ``--dry-run`` measures). ``meta``: build on the meta device, no memory
         (open_clip's own ``device="meta"`` still builds on the CPU first: 10 GiB for ViT-bigG-14)."""
-        import contextlib
-        import logging
-
-        import open_clip
+        import open_clip  # heavy (~3 s to import): imported when a tower is built
 
         quiet = logging.getLogger()
         level, quiet.level = quiet.level, logging.ERROR  # open_clip warns that no weights were loaded
@@ -163,9 +164,6 @@ class ImageTower(nn.Module, HubMixin):
     def preprocess(self, images) -> torch.Tensor:
         """PIL RGB images (see data.images.load_image) -> (B, 3, S, S): resize the short side to S
         (bicubic), centre crop, normalise -- open_clip's eval transform."""
-        import numpy as np
-        from PIL import Image
-
         S = self.cfg.image_size
         out = []
         for img in images:

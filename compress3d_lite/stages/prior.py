@@ -11,58 +11,24 @@ schedule and sampler are ``diffusion.py``. A run embeds the towers' training set
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_config, resolve_folder, write_checkpoint
-from ..config import Config, check_sizes, choose_preset, preset_bounds
+from ..checkpoint import write_checkpoint
 from ..data.dataset import drawn_view
-from ..diffusion import DiffusionConfig, make_scheduler
-from ..models.prior import DiffusionPrior, PriorConfig
-from ..training.loop import Objective, TrainConfig, cached_tensors, fit, make_accelerator
-from ..training.run_folder import claim_run_folder, resume_point
+from ..diffusion import make_scheduler
+from ..inference.embed import embed_folder, load_towers
+from ..models.prior import DiffusionPrior
+from ..presets import PriorPreset, prior_preset
+from ..training.loop import Objective, fit, make_accelerator
 from ..training.measure import Setup, random_unit
-from .embed import check_tower, embed_folder, load_towers
+from ..training.run_folder import cached_tensors, claim_run_folder, resume_point
+
+log = logging.getLogger(__name__)
 
 KIND = DiffusionPrior.kind
-
-
-# ------------------------------------------------------------------------------------------ presets
-
-
-@dataclass
-class PriorPreset(Config):
-    """A prior run: the MLP, its noise schedule and sampler (x0-prediction), the training run."""
-
-    model: PriorConfig
-    train: TrainConfig
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-
-
-PRESETS = {
-    "lite": PriorPreset(PriorConfig(embed_dim=64, width=128, depth=2, time_dim=32),
-                        TrainConfig(steps=300, batch_size=64, lr=1e-3, warmup_steps=20, log_every=20,
-                                    ckpt_every=200)),
-    "course": PriorPreset(PriorConfig(), TrainConfig(steps=4000, batch_size=256, lr=5e-4, warmup_steps=100,
-                                                     log_every=100, ckpt_every=1000)),
-    "colab_t4": PriorPreset(PriorConfig(embed_dim=512, width=768, depth=6, time_dim=256),
-                            TrainConfig(steps=100_000, batch_size=512, lr=3e-4, mixed_precision="fp16",
-                                        ema_decay=0.9999, ckpt_every=5000, log_every=100)),
-    # paper: 25.8M params, 2 x A100 for 18 h (docs/paper.md §4)
-    "a100_full": PriorPreset(PriorConfig(embed_dim=1280, width=1024, depth=6, time_dim=320),
-                             TrainConfig(steps=300_000, batch_size=1024, lr=1e-4, mixed_precision="bf16",
-                                         ema_decay=0.9999, ckpt_every=10_000, log_every=100)),
-}
-
-
-SIZE_BOUNDS = preset_bounds(p.model for p in PRESETS.values())  # what a loaded config.json may ask for
-
-
-def prior_preset(name: str, model: dict | None = None, train: dict | None = None) -> PriorPreset:
-    """A copy of the named preset with validated changes to its PriorConfig / TrainConfig."""
-    return choose_preset(PRESETS, name, "prior").override(model=model or {}, train=train or {})
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -102,7 +68,7 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
     """Train the prior e_i -> e_s on embeddings of a data set made by the towers in ``embed`` (a
     ``train embed`` output folder); the embeddings are computed once and cached in
     ``out/embeddings.safetensors``. Writes ``out/prior``."""
-    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless --overwrite
+    out = claim_run_folder(out, resume, overwrite, data)  # refuse a finished run's folder unless overwrite
     p = prior_preset(preset, train=train_overrides)
     tcfg = p.train
     accelerator = make_accelerator(tcfg)
@@ -126,9 +92,9 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
               "image_tower": identity}
     if accelerator.is_main_process:
         n_params = sum(q.numel() for q in prior.parameters())
-        print(f"train prior: preset {preset}, {n_params / 1e6:.2f}M params, image tower {identity['name']}, "
-              f"{len(dataset)} objects x {emb['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
-              f"device {accelerator.device}")
+        log.info(f"train prior: preset {preset}, {n_params / 1e6:.2f}M params, image tower {identity['name']}, "
+                 f"{len(dataset)} objects x {emb['e_i'].shape[1]} views, steps {start} -> {tcfg.steps}, "
+                 f"device {accelerator.device}")
 
     def finalize(net, step, record, ema):
         write_checkpoint(out / "prior", net.prior.state_dict(),
@@ -137,25 +103,11 @@ def train_prior(preset: str, out, embed: str, data: str | None = None, resume: b
                           "shape_tower": shape_cfg.get("fingerprint"), "train": tcfg.to_dict(),
                           "data": config["data"], "step": step}, half=half,
                          extra_weights={"ema.safetensors": ema.prior.state_dict()} if ema is not None else None)
-        print(f"wrote {out / 'prior'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
+        log.info(f"wrote {out / 'prior'} (step {step}, final loss {record.get('loss', float('nan')):.4f})")
 
-    return fit(accelerator, model, dataset, prior_step, tcfg, out, config, start, resume, finalize, progress,
-               stop_after, desc="train prior")
-
-
-# ------------------------------------------------------------------------------------------ loading
-
-
-def load_prior(path, image_tower=None, device="cpu", use_ema: bool = True):
-    """(DiffusionPrior, config) from a checkpoint folder or Hub repo id (its EMA weights when it has
-    them); with ``image_tower`` given, refuses a prior trained in another tower's space."""
-    folder = resolve_folder(path)
-    cfg = read_config(folder)
-    check_sizes(cfg.get("model"), SIZE_BOUNDS, Path(folder) / "config.json")  # before building
-    if cfg.get("kind") == KIND and image_tower is not None:  # before building: the cheaper refusal
-        check_tower(path, cfg.get("image_tower"), image_tower)
-    model = DiffusionPrior.load(folder, device, use_ema=use_ema)
-    return model, model.checkpoint_info
+    return fit(accelerator=accelerator, model=model, dataset=dataset, step_fn=prior_step, train=tcfg, out=out,
+               config=config, start=start, resume=resume, finalize=finalize, progress=progress,
+               stop_after=stop_after, desc="train prior")
 
 
 # ------------------------------------------------------------------------------------------ dry run

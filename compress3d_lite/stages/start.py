@@ -17,31 +17,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ..checkpoint import CheckpointError, read_config, resolve_folder, write_checkpoint
-from ..config import STARTS
+from ..checkpoint import read_config, write_checkpoint
+from ..inference.unet import START_FOLDER
+from ..inference.vae import latent_stats
 from ..models.image_tower import fingerprint
 from ..models.start_estimate import StartConfig, StartEstimate
 from ..models.triplane_unet import TriplaneUNet
 from ..training.run_folder import TrainingError
-from .vae import latent_stats
-
-START_FOLDER = "start"  # the UNet folder's subfolder holding its StartEstimate, when it has one
-
-
-def load_start(unet_folder, device="cpu") -> StartEstimate | None:
-    """The StartEstimate saved beside a UNet (``<unet folder>/start``), or None when it has none.
-    A CheckpointError when its sizes do not fit the UNet's latent and embeddings."""
-    folder = resolve_folder(unet_folder) / START_FOLDER
-    if not (folder / "config.json").exists():
-        return None
-    start = StartEstimate.load(folder, device)
-    unet = read_config(resolve_folder(unet_folder))["model"]
-    want = (unet["embed_dim"], unet["latent_channels"], unet["latent_res"])
-    have = (start.cfg.embed_dim, start.cfg.latent_channels, start.cfg.latent_res)
-    if have != want:
-        raise CheckpointError(f"{folder}: a start estimate for embeddings / latents of size {have}, but the UNet "
-                              f"beside it has {want}")
-    return start
 
 
 def fit_start(z: torch.Tensor, e_i: torch.Tensor, e_s: torch.Tensor, steps: int = 1500, batch: int = 64,
@@ -95,13 +77,3 @@ def train_start(run, steps: int = 1500, strength: float = 0.5, seed: int = 0, ov
     return {"folder": str(out), "final_loss": final, "seconds": time.perf_counter() - t0}
 
 
-def check_start(start: str, estimate: StartEstimate | None, use_prior: bool = True) -> None:
-    """A pipeline call's ``start`` must be one of STARTS, and "regression" needs an estimate and
-    the prior's shape embedding: a ValueError naming the argument otherwise."""
-    if start not in STARTS:
-        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
-    if start == "regression" and estimate is None:
-        raise ValueError("start='regression' needs the UNet's StartEstimate, and this pipeline's UNet has none "
-                         "(`compress3d-lite train start` fits one)")
-    if start == "regression" and not use_prior:
-        raise ValueError("start='regression' reads the prior's shape embedding; it cannot run with use_prior=False")

@@ -1,5 +1,5 @@
-"""Training machinery shared by every stage: the accelerate loop with exact resume (``loop.py``)
-and the measurement of a training step that ``--dry-run`` reports (``measure.py``).
-
-Knows nothing of any particular model: the stages (``compress3d_lite/stages/``) plug in.
+"""The training machinery every stage shares, knowing no stage: ``loop.py`` (``fit``, the one loop,
+and ``TrainingStep``, the optimiser step), ``run_folder.py`` (what a run does with its folder: the
+claim, the data, the resume checks, the training checkpoint, caches, the log) and ``measure.py``
+(parameters, activations, FLOPs and memory of one step: what a dry run reports).
 """

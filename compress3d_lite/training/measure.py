@@ -1,5 +1,5 @@
 """Measuring a training step without training: parameters, the activations autograd keeps,
-FLOPs, memory per GPU, and one real optimiser step (what ``--dry-run`` reports; stages/dryrun.py).
+FLOPs, memory per GPU, and one real optimiser step (what a dry run reports; scaling/dry_run.py).
 
     count_params(module)                 total / trainable / per child (works on the meta device)
     with activation_bytes(model, blocks) as acts: ...   bytes saved for backward, per checkpointed block
@@ -18,8 +18,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import psutil
 import torch
+from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from ..config import PRECISIONS
+from .loop import TrainingStep
 
 
 def count_params(module: torch.nn.Module) -> dict:
@@ -90,21 +96,17 @@ def activation_bytes(model: torch.nn.Module, blocks: tuple = ()):
 
 
 def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def _sdpa_cpu_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    from torch.utils.flop_counter import sdpa_backward_flop_count
-
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 # the CPU kernel of F.scaled_dot_product_attention, which FlopCounterMode's registry lacks; same formula
-CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
                  torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward}
-NOT_COMPUTE = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "unsqueeze", "squeeze",
+_NOT_COMPUTE = {"view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "unsqueeze", "squeeze",
                "slice", "select", "as_strided", "detach", "alias", "split", "split_with_sizes", "unbind", "clone",
                "copy_", "empty", "empty_like", "zeros", "zeros_like", "ones_like", "new_zeros", "new_empty",
                "new_empty_strided", "new_full", "fill_", "zero_", "_to_copy", "lift_fresh", "empty_strided", "arange",
@@ -124,7 +126,7 @@ class _UncountedOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
-        if func.overloadpacket not in self.counted and name not in NOT_COMPUTE and not func.is_view:
+        if func.overloadpacket not in self.counted and name not in _NOT_COMPUTE and not func.is_view:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             self.elements[name] += sum(t.numel() for t in outs if torch.is_tensor(t))
         return out
@@ -135,9 +137,8 @@ def step_flops():
     """FLOPs of what runs in this context (``FlopCounterMode`` plus the CPU attention kernel).
     Yields a dict with ``so_far()`` (FLOPs counted up to now), filled on exit with ``total``,
     ``by_op`` ({op: FLOPs}) and ``uncounted`` ({op: elements produced} of the ops not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
     census = _UncountedOps(counter.flop_registry)
     result = {"so_far": counter.get_total_flops}
     with counter, census:
@@ -157,7 +158,7 @@ def estimate_memory(n_weights: int, n_trainable: int, act_per_sample: int | None
     activations of ``batch`` samples, halved under bf16/fp16 (the measured fp32 bytes x 0.5).
     Under autocast the 16-bit copies of the trainable weights are kept for the backward pass too
     (2 B each). DDP adds about one more copy of the gradients in its all-reduce buckets (not included)."""
-    half = 0.5 if mixed_precision in ("fp16", "bf16") else 1.0
+    half = 0.5 if mixed_precision in PRECISIONS else 1.0
     out = {"weights": 4 * n_weights, "grads": 4 * n_trainable, "adamw": 8 * n_trainable,
            "autocast_copies": 2 * n_trainable if half < 1 else 0,
            "activations": None if act_per_sample is None else act_per_sample * batch * half,
@@ -205,24 +206,16 @@ def without_checkpointing(cfg):
 
 
 def _available_ram() -> int:
-    import psutil
-
     return psutil.virtual_memory().available
 
 
 def measure(s: Setup, step: bool = True) -> dict:
     """One forward + backward at batch 1 on the CPU -- activations (saved-tensor hooks), FLOPs
     (FlopCounterMode) -- and, with ``step``, the optimiser step of ``fit`` on those gradients."""
-    from accelerate import Accelerator
-
-    from .loop import backward, make_optimizer, update
-
     torch.manual_seed(s.tcfg.seed)
     model = s.model.train()
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    accelerator = Accelerator(cpu=True)
-    params, optimizer, scheduler = make_optimizer(model, s.tcfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    train = TrainingStep(Accelerator(cpu=True), model, s.tcfg, ema=False)
     n = s.measure_batch
     batch = s.batch(n, torch.Generator().manual_seed(s.tcfg.seed))
     out = {"step_ran": False}
@@ -232,12 +225,12 @@ def measure(s: Setup, step: bool = True) -> dict:
                                f"{12 * n_trainable / 2**30:.1f} GiB needed): forward + backward only")
     t0 = time.perf_counter()
     with step_flops() as flops:  # fit's step: step_fn, backward, update
-        with activation_bytes(model, s.blocks) as acts:
-            loss, logs = s.step_fn(model, batch)
+        with activation_bytes(train.model, s.blocks) as acts:
+            loss, logs = s.step_fn(train.model, batch)
         forward = flops["so_far"]()
-        backward(accelerator, loss, optimizer)
+        train.backward(loss)
     if step:
-        update(accelerator, optimizer, scheduler, params, s.tcfg.grad_clip)
+        train.update()
     per = {"total": flops["total"] / n, "by_op": {k: v / n for k, v in flops["by_op"].items()},
            "uncounted": {k: v / n for k, v in flops["uncounted"].items()}}
     out.update(seconds=time.perf_counter() - t0, loss=loss.item(), step_ran=step, forward_flops=forward / n,

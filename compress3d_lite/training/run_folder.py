@@ -1,29 +1,40 @@
-"""A training run's folder: what a run may do with an existing ``--out``, where its data comes
-from, and what a ``--resume`` must agree with (docs/design.md §6.2).
+"""A training run's folder (``out``): what a run may do with an existing one, where its data comes
+from, what a resume must agree with (docs/design.md §6.2), and what the run writes there.
 
-    claim_run_folder   a new run refuses a folder holding a run unless --overwrite, which deletes
+    claim_run_folder   a new run refuses a folder holding a run unless ``overwrite``, which deletes
                        the checkpoint, the log and only the toy data a run generated there
-    prepare_data       --data as given (checked), or the toy set generated once into OUT/data
+    prepare_data       the ``data`` folder as given (checked), or the toy set generated once into OUT/data
                        (marked with .made_by_train; an interrupted generation is finished)
     resume_point       the checkpoint's step, training settings and data folder, refusing
                        another model, seed, batch size, step count or data set
-    check_same_data    the data a resumed run reads has the manifest the checkpoint recorded
+    save_training_state / load_training_state
+                       OUT/checkpoint: weights, optimiser, scheduler, RNG and EMA, written
+                       atomically; loading first checks that the data has the manifest it recorded
+    trim_log           OUT/log.jsonl cut back to the step a resume starts from
+    cached_tensors     OUT/*.safetensors computed once per run (latents, embeddings)
 
-The training loop itself is ``training/loop.py: fit``; the stages call these first.
+Every file goes through one atomic write (``data.io.atomic_write_bytes``, or ``checkpoint.py``'s
+folder rename). The training loop itself is ``training/loop.py: fit``; the stages call
+claim_run_folder, prepare_data and resume_point first. Messages name the stage functions' Python
+arguments (``out``, ``resume=True``); the command line shows them as its options.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
+from safetensors.torch import load, save
 
-from ..checkpoint import read_config, recover
+from ..checkpoint import read_config, read_weights, recover, write_checkpoint
 from ..config import SampleSpec
 from ..data.io import atomic_write_bytes, read_index
 from ..data.toyshapes import write_toyshapes
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -31,7 +42,7 @@ class TrainingError(RuntimeError):
 
 
 class RunFinished(TrainingError):
-    """``--resume`` of a run that has already reached its step count: nothing to train, nothing
+    """A resume of a run that has already reached its step count: nothing to train, nothing
     replaced. The command line prints the message and exits 0."""
 
 
@@ -55,21 +66,21 @@ def claim_run_folder(out, resume: bool, overwrite: bool = False, data=None) -> P
         raise TrainingError(f"{out}: exists and is not a folder")
     if data is not None and _inside(out, data):
         raise TrainingError(f"{out}: is {'the' if Path(out).resolve() == Path(data).resolve() else 'inside the'} "
-                            f"data folder {data}; a run folder must be apart from its data (choose another --out)")
+                            f"data folder {data}; a run folder must be apart from its data (choose another `out`)")
     recover(out / "checkpoint")
     if resume:
         if overwrite:
-            raise TrainingError("--resume continues a run and --overwrite starts it over: give one of them")
+            raise TrainingError("`resume=True` continues a run and `overwrite=True` starts it over: give one of them")
         return out
     has_ckpt, has_log = (out / "checkpoint").exists(), (out / "log.jsonl").exists()
     if (has_ckpt or has_log) and not overwrite:
         if has_ckpt:
             step = read_config(out / "checkpoint").get("step")
-            raise TrainingError(f"{out}: holds a training run already (checkpoint at step {step}); --resume "
-                                "continues it, --overwrite starts over (its checkpoint and log are deleted), or "
-                                "choose another --out")
+            raise TrainingError(f"{out}: holds a training run already (checkpoint at step {step}); `resume=True` "
+                                "continues it, `overwrite=True` starts over (its checkpoint and log are deleted), "
+                                "or choose another `out`")
         raise TrainingError(f"{out}: holds the log of a run that saved no checkpoint, so there is nothing to resume; "
-                            "--overwrite starts over (the log is deleted), or choose another --out")
+                            "`overwrite=True` starts over (the log is deleted), or choose another `out`")
     if overwrite:
         for name in ("checkpoint", ".rng_staging"):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -104,7 +115,7 @@ def prepare_data(data: str | None, out: Path, tcfg, accelerator, views: int = 0,
         index = read_index(data)  # a clear error now rather than in a worker later
         if views and not (index.get("spec") or {}).get("views"):
             raise TrainingError(f"{data}: this stage needs rendered views and the data set has none; "
-                                "make it with --views 4 or more")
+                                "make it with `views=4` or more")
         return Path(data)
     folder = out / "data"
     ours = (folder / MADE_BY_TRAIN).exists()
@@ -113,23 +124,23 @@ def prepare_data(data: str | None, out: Path, tcfg, accelerator, views: int = 0,
         made = (index.get("seed"), len(index.get("objects", [])))
         finished = index.get("complete") is not False
         if made[0] != tcfg.seed or (finished and made[1] != tcfg.n_train):
-            remedy = ("use another --out, or --overwrite" if ours else
-                      "it was not generated by a run here, so --overwrite keeps it: use another --out")
+            remedy = ("use another `out`, or `overwrite=True`" if ours else
+                      "it was not generated by a run here, so `overwrite=True` keeps it: use another `out`")
             raise TrainingError(f"{folder}: holds {made[1]} toy objects of seed {made[0]}, this run asks for "
                                 f"{tcfg.n_train} of seed {tcfg.seed}; {remedy}")
         if not finished and not ours:
             raise TrainingError(f"{folder}: an unfinished data set that no run here generated; finish it with the "
-                                "command that made it, or choose another --out")
+                                "command that made it, or choose another `out`")
         if finished:
             accelerator.wait_for_everyone()
             return folder
     elif folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
-        raise TrainingError(f"{folder}: holds files but no index.json; move it away or choose another --out")
+        raise TrainingError(f"{folder}: holds files but no index.json; move it away or choose another `out`")
     if accelerator.is_main_process:
         spec = SampleSpec(n_points=max(4096, tcfg.n_points), n_uniform=max(8192, tcfg.n_occ // 2),
                           n_near=max(8192, tcfg.n_occ // 2), views=views, resolution=resolution)
-        print(f"no --data given: {'finishing' if ours else 'generating'} {tcfg.n_train} toy objects "
-              f"(seed {tcfg.seed}) in {folder}")
+        log.info(f"no `data` folder given: {'finishing' if ours else 'generating'} {tcfg.n_train} toy objects "
+                 f"(seed {tcfg.seed}) in {folder}")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MADE_BY_TRAIN).touch()
         write_toyshapes(tcfg.n_train, folder, spec, seed=tcfg.seed, workers=2)
@@ -138,7 +149,7 @@ def prepare_data(data: str | None, out: Path, tcfg, accelerator, views: int = 0,
 
 
 
-RUNTIME_FIELDS = ("grad_checkpoint",)  # model-config fields that change memory/speed, never the maths
+_RUNTIME_FIELDS = ("grad_checkpoint",)  # model-config fields that change memory/speed, never the maths
 
 
 def model_identity(cfg):
@@ -146,7 +157,7 @@ def model_identity(cfg):
     a checkpoint and the run that resumes it. Configs written before a runtime field existed
     (e.g. grad_checkpoint) compare equal to today's."""
     if isinstance(cfg, dict):
-        return {k: model_identity(v) for k, v in cfg.items() if k not in RUNTIME_FIELDS}
+        return {k: model_identity(v) for k, v in cfg.items() if k not in _RUNTIME_FIELDS}
     return cfg
 
 
@@ -158,7 +169,7 @@ def _differences(saved, now, where: str = "") -> list:
     return [] if saved == now else [f"{where.rstrip('.')}: {saved!r} -> {now!r}"]
 
 
-RESUMED_FIELDS = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "--n-train", "ema_decay": "--ema-decay"}
+_RESUMED_FIELDS = ("seed", "batch_size", "n_train", "ema_decay")  # settings a resume may repeat but not change
 
 
 def resume_point(out: Path, kind: str, preset: str, model_cfg: dict, tcfg, given: dict | None = None,
@@ -173,51 +184,51 @@ def resume_point(out: Path, kind: str, preset: str, model_cfg: dict, tcfg, given
     raises RunFinished (nothing is trained or replaced)."""
     ckpt_dir = recover(out / "checkpoint")  # repaired if a kill came between its two renames
     if not ckpt_dir.exists():
-        log = " (its log.jsonl is from a run that saved no checkpoint; --overwrite starts over)" \
-            if (out / "log.jsonl").exists() else " (run without --resume first)"
-        raise TrainingError(f"{ckpt_dir}: nothing to resume from{log}")
+        why = " (its log.jsonl is from a run that saved no checkpoint; `overwrite=True` starts over)" \
+            if (out / "log.jsonl").exists() else " (run without `resume=True` first)"
+        raise TrainingError(f"{ckpt_dir}: nothing to resume from{why}")
     saved = read_config(ckpt_dir)
     if (saved.get("kind") != kind or saved.get("preset") != preset
             or model_identity(saved.get("model")) != model_identity(model_cfg)):
         differ = ", ".join(_differences(model_identity(saved.get("model")), model_identity(model_cfg))[:4])
         raise TrainingError(f"{ckpt_dir}: was trained as a {saved.get('kind')!r} with preset {saved.get('preset')!r} "
-                            f"and another model config ({differ or 'kind or preset'}); resume with the same options "
-                            "or use a new --out")
+                            f"and another model config ({differ or 'kind or preset'}); resume with the same settings "
+                            "or use another `out`")
     given, train, step = given or {}, dict(saved.get("train") or {}), int(saved["step"])
-    for name, flag in RESUMED_FIELDS.items():
+    for name in _RESUMED_FIELDS:
         if name in given and name in train and given[name] != train[name]:
-            raise TrainingError(f"{ckpt_dir}: was trained with {flag} {train[name]}, this command gives {given[name]}; "
-                                f"a resume continues the same run (drop {flag}, or start another --out)")
+            raise TrainingError(f"{ckpt_dir}: was trained with `{name}={train[name]}`, this run gives {given[name]}; "
+                                f"a resume continues the same run (leave `{name}` out, or start another `out`)")
     steps = int(given.get("steps", train.get("steps", tcfg.steps)))
     if steps < step:
-        raise TrainingError(f"{ckpt_dir}: is at step {step}, past --steps {steps}; a resume can only go on "
-                            f"(give --steps {step} or more)")
+        raise TrainingError(f"{ckpt_dir}: is at step {step}, past `steps={steps}`; a resume can only go on "
+                            f"(give `steps={step}` or more)")
     if steps == step and release is not None and (out / release).exists():
         raise RunFinished(f"{out}: finished at step {step}; {out / release} is its result and is kept. To train "
-                          f"on, --resume with --steps above {step}")
+                          f"on, resume with `steps` above {step}")
     recorded = (saved.get("data") or {}).get("folder")
     if data is not None:
         if recorded is not None and Path(data).resolve() != Path(recorded).resolve():
-            raise TrainingError(f"{ckpt_dir}: was trained on --data {recorded}, this command gives {data}; a resume "
-                                "continues on the same data (drop --data, or start another --out)")
+            raise TrainingError(f"{ckpt_dir}: was trained on `data={recorded}`, this run gives {data}; a resume "
+                                "continues on the same data (leave `data` out, or start another `out`)")
     elif recorded is not None and not _inside(recorded, out / "data") and not (out / "data" / MADE_BY_TRAIN).exists():
-        data = recorded  # the --data the run was started with
+        data = recorded  # the data folder the run was started with
     if "num_workers" in given:
         train["num_workers"] = given["num_workers"]
     return step, type(tcfg).from_dict({**train, "steps": steps}), data
 
 
-def check_same_data(ckpt_dir: Path, saved: dict, now: dict) -> None:
+def _check_same_data(ckpt_dir: Path, saved: dict, now: dict) -> None:
     """The data a resumed run reads must be what the checkpoint recorded: the same number of
     objects, made by the same generator with the same seed and sampling (the folder may move)."""
     diffs = [f"{k} {saved[k]!r}, now {now[k]!r}" for k in ("n_objects", "generator", "seed", "spec", "views")
              if k in saved and k in now and saved[k] != now[k]]
     if diffs:
         raise TrainingError(f"{ckpt_dir}: was trained on another data set ({'; '.join(diffs)}); a resume continues "
-                            "on the same data (restore it, or start another --out)")
+                            "on the same data (restore it, or start another `out`)")
 
 
-def is_write_failure(e: Exception) -> bool:
+def _is_write_failure(e: Exception) -> bool:
     """A file that could not be written (a full disk, a quota, a vanished folder), however the
     writer reports it: OSError, safetensors' SafetensorError, torch's RuntimeError of a failed
     write; not a bug that happened to occur while saving."""
@@ -226,20 +237,102 @@ def is_write_failure(e: Exception) -> bool:
         isinstance(e, RuntimeError) and any(x in text for x in ("No space", "I/O error", "failed writing", "os error")))
 
 
-def failure_reason(e: Exception) -> str:
+def _failure_reason(e: Exception) -> str:
     text = getattr(e, "strerror", None) or str(e)
     return (text.strip().splitlines() or [type(e).__name__])[0][:120]
 
 
-def what_to_run(out: Path, ckpt_dir: Path) -> str:
-    """What to run after a run stopped: --resume from the last checkpoint, or --overwrite."""
+def _what_to_run(out: Path, ckpt_dir: Path) -> str:
+    """What to run after a run stopped: resume from the last checkpoint, or start over."""
     if ckpt_dir.exists():
         return (f"the last complete checkpoint (step {read_config(ckpt_dir).get('step')}) is kept: free space and "
-                "run the same command with --resume")
-    return "no checkpoint was kept: free space and run the same command with --overwrite to start over"
+                "run the same training with `resume=True`")
+    return "no checkpoint was kept: free space and run the same training with `overwrite=True` to start over"
 
 
 def data_config(folder, dataset) -> dict:
     """What a checkpoint records about its training data."""
     return {"folder": str(folder), "n_objects": len(dataset), "spec": dataset.index.get("spec"),
             "generator": dataset.index.get("generator"), "seed": dataset.index.get("seed")}
+
+
+# ------------------------------------------------------------------------------------------ the training checkpoint
+
+
+def save_training_state(out: Path, step_, config: dict, step: int) -> None:
+    """``out/checkpoint`` at ``step``, atomically: the weights, ``config`` and ``trainer/`` --
+    accelerate's optimiser, scheduler and RNG states of every process, and the EMA's weights --
+    so that ``load_training_state`` continues exactly. ``step_`` is fit's TrainingStep. A write
+    that fails (a full disk) is a TrainingError saying what is kept and what to run."""
+    accelerator, ckpt_dir = step_.accelerator, out / "checkpoint"
+    # every process's RNG state goes into trainer/ (random_states_<rank>.pkl), so that a resumed
+    # multi-process run draws the same noise on every rank: the other ranks stage theirs first
+    # (a shared file system across nodes is assumed; without one those ranks resume with fresh RNG)
+    staging = out / ".rng_staging"
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        accelerator.save_state(str(staging))  # on a non-main rank: its RNG state only
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        def trainer(d):
+            accelerator.save_state(str(d))
+            for f in sorted(staging.glob("random_states_*.pkl")):
+                shutil.copy(f, d / f.name)
+            if step_.ema is not None:  # the averaged weights and how many updates they hold
+                (d / "ema.safetensors").write_bytes(save(_contiguous(step_.ema.state_dict())))
+
+        state = accelerator.unwrap_model(step_.model).state_dict()
+        try:
+            write_checkpoint(ckpt_dir, state, {**config, "step": step}, extra_dirs={"trainer": trainer})
+        except Exception as e:
+            if not _is_write_failure(e):
+                raise
+            raise TrainingError(f"{ckpt_dir}: the checkpoint of step {step} could not be written "
+                                f"({_failure_reason(e)}); " + _what_to_run(out, ckpt_dir)) from None
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_training_state(out: Path, step_, config: dict) -> None:
+    """Continue from ``out/checkpoint``: check that the data is what it recorded, then restore the
+    optimiser, scheduler, RNG states and EMA into fit's TrainingStep ``step_``."""
+    ckpt_dir = out / "checkpoint"
+    _check_same_data(ckpt_dir, read_config(ckpt_dir).get("data") or {}, config.get("data") or {})
+    step_.accelerator.load_state(str(ckpt_dir / "trainer"))
+    if step_.ema is not None:
+        step_.ema.load_state_dict(read_weights(ckpt_dir / "trainer", "ema.safetensors"))
+
+
+def not_finite(out: Path, loss: float, step: int) -> str:
+    """The message of a run stopped by a non-finite loss: the last good checkpoint and what to do."""
+    ckpt_dir = out / "checkpoint"
+    last = read_config(ckpt_dir)["step"] if ckpt_dir.exists() else "none"
+    return (f"loss is {loss} at step {step}; stopping. The last good checkpoint is {ckpt_dir} (step {last}); "
+            "lower the learning rate and resume (`resume=True`)")
+
+
+def write_release(out: Path, step: int, write) -> None:
+    """Run ``write()`` (a stage's finalize: its release folder); a failed write is a TrainingError
+    that says the checkpoint of ``step`` is kept."""
+    try:
+        write()
+    except Exception as e:
+        if not _is_write_failure(e):
+            raise
+        raise TrainingError(f"{out}: the trained weights could not be written ({_failure_reason(e)}); the checkpoint "
+                            f"of step {step} is kept: free space and run the same training with `resume=True`") from None
+
+
+def cached_tensors(cache: Path, accelerator, compute) -> dict:
+    """``compute()`` (a dict of tensors) once per run folder: loaded from ``cache`` when it
+    exists, else computed and written there atomically by the main process."""
+    if cache.exists():
+        return load(cache.read_bytes())
+    tensors = compute()
+    if accelerator.is_main_process:
+        atomic_write_bytes(cache, save(_contiguous(tensors)))
+    return tensors
+
+
+def _contiguous(tensors: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}

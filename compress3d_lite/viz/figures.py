@@ -365,7 +365,7 @@ def interactive_views(examples: list, titles=None):
     """Optional ipywidgets layer: a dropdown that shows ``object_figure`` of one of ``examples``.
     Re-displays a plain figure in an Output widget (no FigureWidget, so it also works in Colab
     once ``google.colab.output.enable_custom_widget_manager()`` has run)."""
-    import ipywidgets as widgets
+    import ipywidgets as widgets  # optional (the notebooks extra): only this widget layer needs it
     from IPython.display import display
 
     titles = titles or [str(e.get("category", e.get("source", i))) for i, e in enumerate(examples)]

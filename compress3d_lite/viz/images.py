@@ -3,8 +3,12 @@ saved pages small (a go.Image with a ``source`` is ~10x smaller than one with a 
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
 
 
@@ -22,11 +26,6 @@ def _composite(rgba, background) -> np.ndarray:
 
 def _png_source(rgb: np.ndarray) -> str:
     """An RGB uint8 array as a PNG data URI: ~10x smaller in a saved page than a pixel array."""
-    import base64
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

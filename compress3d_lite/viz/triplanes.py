@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from ..mesh import MeshingError, extract_mesh, query_points
@@ -167,8 +168,6 @@ def triplane_explorer(model, latent=None, planes=None, resolution: int = 48, n_s
 
     Sliders restyle traces or play plotly frames, so no kernel is needed.
     """
-    import torch
-
     if (latent is None) == (planes is None):
         raise ValueError("give either latent= (decoded by the model first) or planes=, not both or neither")
     if not 2 <= n_slices <= resolution:

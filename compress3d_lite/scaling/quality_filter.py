@@ -4,7 +4,7 @@ package stays free of models: ``data objaverse --filter`` receives a loaded filt
 
 Compress3D labelled 2,500 Objaverse models good or bad by hand, trained an MLP classifier on them
 and kept the ~100K models it liked. The paper does not say what the classifier sees. Ours sees
-the shape embedding of the object's coloured surface points (``stages.embed.embed_points`` with a
+the shape embedding of the object's coloured surface points (``inference.embed.embed_points`` with a
 stage-2 shape tower, by default the shipped ``embed_course`` one): that input is our choice.
 
     compress3d-lite data quality-filter train --data DIR --labels labels.csv --out CLS_DIR
@@ -26,8 +26,8 @@ import torch
 
 from ..checkpoint import CheckpointError, load_module, read_config, write_checkpoint
 from ..data.io import read_index
+from ..inference.embed import embed_points, load_towers
 from ..samples import shipped_checkpoint
-from .embed import embed_points, load_towers
 
 LABELS = {"good": 1, "1": 1, "bad": 0, "0": 0}
 N_POINTS = 512  # surface points per object fed to the shape tower (what embed_course was trained on)

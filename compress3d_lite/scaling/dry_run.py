@@ -38,8 +38,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import PRECISIONS
+from ..presets import GPUS
+from ..stages import embed, prior, unet, vae
 from ..training.measure import Setup, count_params, estimate_memory, measure
-from . import embed, prior, unet, vae
 
 STAGES = {"ae": vae, "embed": embed, "prior": prior, "diffusion": unet}  # CLI stage name -> stage module
 A100_BF16 = 312e12  # FLOP/s, dense bf16 tensor cores
@@ -52,7 +54,6 @@ PAPER = {  # docs/paper.md §4, §5, §6: parameters and training compute of eac
     "prior": {"params": 25.8e6, "gpus": 2, "hours": 18, "compute": "2 x A100, 18 h"},
     "diffusion": {"params": 864e6, "gpus": 8, "hours": 4 * 24, "compute": "8 x A100, 4 days"},
 }
-GPUS = {"a100_full": {"ae": 8, "embed": 8, "prior": 2, "diffusion": 8}, "colab_t4": 1}  # what each preset is for
 PAPER_OBJECTS, VIEWS = 95_000, 8  # objects to embed at a100_full (docs/paper.md §6) and views per object
 
 
@@ -71,7 +72,7 @@ def _time(flops: float, peak: float) -> float:
 
 def _traffic(elements: float, mixed_precision: str) -> float:
     """Bytes the uncounted (memory-bound) ops move at least: two reads and one write per element."""
-    return elements * 3 * (2 if mixed_precision in ("fp16", "bf16") else 4)
+    return elements * 3 * (2 if mixed_precision in PRECISIONS else 4)
 
 
 def dry_run(stage: str, preset: str, step: bool = True, measure_step: bool = True,
@@ -173,7 +174,7 @@ def _dur(seconds: float) -> str:
 def format_dry_run(r: dict) -> str:
     """The report of ``dry_run`` as text (what ``--dry-run`` prints)."""
     p, mem = r["params"], r["memory"]
-    lines = [f"dry run: train {r['stage']} --preset {r['preset']} (nothing downloaded, nothing written)"]
+    lines = [f"dry run: train {r['stage']} --preset {r['preset']} (nothing downloaded, nothing written)"]  # the command it sizes
     lines += [f"  {note}" for note in r["notes"]]
     paper = f" (paper: {_n(p['paper'])}; ours {p['vs_paper']:+.1%})" if p["paper"] and r["preset"] == "a100_full" else ""
     lines.append(f"parameters: {_n(p['total'])} total, {_n(p['trainable'])} trainable{paper}")
@@ -207,7 +208,7 @@ def format_dry_run(r: dict) -> str:
         copies = f" + 16-bit weight copies {_gb(mem['autocast_copies'])}" if mem["autocast_copies"] else ""
         lines.append(f"memory per GPU (estimated): weights {_gb(mem['weights'])} + grads {_gb(mem['grads'])} + "
                      f"AdamW {_gb(mem['adamw'])}{copies} + activations {_gb(acts)}{how} = {_gb(mem['total'])}")
-        half = ", /2 for " + r["mixed_precision"] if r["mixed_precision"] in ("bf16", "fp16") else ""
+        half = ", /2 for " + r["mixed_precision"] if r["mixed_precision"] in PRECISIONS else ""
         lines.append(f"  activations measured at batch {r['cpu_step']['batch']}: {_gb(a['per_sample_fp32'])} per sample "
                      "saved for backward (fp32), "
                      f"x{r['batch_per_gpu']}{half}; DDP adds about one more copy of the grads")

@@ -2,10 +2,10 @@
 precision setting, model sizes shrunk, then a sampling pass under autocast; every loss and every
 output must be finite, and the 16-bit kernels must really have run.
 
-    python -m compress3d_lite.stages.precision_check                          # CPU: bf16
-    python -m compress3d_lite.stages.precision_check --device cuda --precision fp16 bf16
+    compress3d-lite train precision-check                                     # CPU: bf16
+    compress3d-lite train precision-check --device cuda --precision fp16 bf16
 
-What a training step runs is what ``fit`` runs (training/loop.py): the stage's training module and
+What a training step runs is what ``fit`` runs (training/loop.py: ``TrainingStep``): the stage's training module and
 step function from its ``dry_run_setup`` at the preset, accelerate's Accelerator with the mixed
 precision, AdamW with the preset's clipping and schedule, and the EMA when the preset keeps one.
 The data is random, of the right shapes; gradient checkpointing is on where a stage has it.
@@ -25,24 +25,25 @@ presets (``colab_t4``) are checked in bf16, which exercises the same autocast co
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 
 import torch
 
-STAGE_NAMES = ("ae", "embed", "prior", "diffusion")
-PRESETS = ("colab_t4", "a100_full")
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+from ..config import STAGE_NAMES
+from ..diffusion import sample
+from ..mesh import query_points
+from ..models.image_tower import ImageTower, ImageTowerConfig
+from ..presets import embed_preset, unet_preset, vae_preset
+from ..training.loop import TrainingStep, make_accelerator
+from ..training.measure import random_points, random_unit
+from .dry_run import setup
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # config.PRECISIONS
 
 
 def shrink(stage: str, preset: str) -> dict:
     """Overrides for ``dry_run_setup(stage, preset)``: small widths and resolutions, the preset's
     structure kept (levels, blocks, attention levels, checkpointing, embedding width)."""
-    from .unet import unet_preset
-    from .vae import vae_preset
-
     if stage == "ae":
         m = vae_preset(preset).model
         levels = len(m.enc_channels)
@@ -89,9 +90,6 @@ def train_steps(stage: str, preset: str, precision: str | None = None, device: s
     checkpointing where the stage has it (``--grad-checkpoint``; recomputation under autocast is
     where dtype bugs hide): {"losses", "kernel_dtypes", "ema", "model", "precision",
     "preset_precision", "grad_checkpoint"}."""
-    from ..training.loop import backward, make_accelerator, make_ema, make_optimizer, update
-    from .dryrun import setup
-
     torch.manual_seed(0)  # the random init: the same numbers on every run
     s = setup(stage, preset, overrides=shrink(stage, preset))
     preset_precision = s.tcfg.mixed_precision
@@ -104,23 +102,18 @@ def train_steps(stage: str, preset: str, precision: str | None = None, device: s
             for owner in (m, getattr(m, "cfg", None)):
                 if hasattr(owner, "grad_checkpoint"):
                     owner.grad_checkpoint = True
-    params, optimizer, scheduler = make_optimizer(model, tcfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ema = make_ema(accelerator.unwrap_model(model), tcfg.ema_decay)
+    step = TrainingStep(accelerator, model, tcfg)
     g = torch.Generator().manual_seed(0)
     losses = []
-    with _KernelDtypes(model) as seen:
+    with _KernelDtypes(step.model) as seen:
         for _ in range(steps):
             data = {k: v.to(accelerator.device) for k, v in s.batch(max(batch, s.measure_batch), g).items()}
-            loss, _ = s.step_fn(model, data)
-            backward(accelerator, loss, optimizer)
-            update(accelerator, optimizer, scheduler, params, tcfg.grad_clip)
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
+            loss, _ = s.step_fn(step.model, data)
+            step(loss)
             losses.append(loss.item())
-    ema_finite = None if ema is None else all(torch.isfinite(p).all().item() for p in ema.parameters())
+    ema_finite = None if step.ema is None else all(torch.isfinite(p).all().item() for p in step.ema.parameters())
     return {"losses": losses, "kernel_dtypes": dict(seen), "ema": ema_finite,
-            "model": accelerator.unwrap_model(model).eval(), "grad_checkpoint": grad_checkpoint and bool(s.blocks),
+            "model": accelerator.unwrap_model(step.model).eval(), "grad_checkpoint": grad_checkpoint and bool(s.blocks),
             "precision": precision, "preset_precision": preset_precision}
 
 
@@ -128,12 +121,6 @@ def train_steps(stage: str, preset: str, precision: str | None = None, device: s
 def sampling_pass(stage: str, preset: str, model: torch.nn.Module, dtype, device: str = "cpu") -> dict:
     """The stage's inference under ``torch.autocast(device, dtype)``: {name: finite?} and the
     output dtypes of its kernels."""
-    from ..diffusion import sample
-    from ..mesh import query_points
-    from ..models.image_tower import ImageTower, ImageTowerConfig
-    from ..training.measure import random_points, random_unit
-    from .embed import embed_preset
-
     g = torch.Generator().manual_seed(1)
     out = {}
     with _KernelDtypes(model) as seen, torch.autocast(device_type=device.split(":")[0], dtype=dtype):
@@ -184,37 +171,3 @@ def check(stage: str, preset: str, precision: str | None = None, device: str = "
           and all(s["finite"].values()) and r["kernel_dtypes"].get(half, 0) > 0 and s["kernel_dtypes"].get(half, 0) > 0)
     return {"stage": stage, "preset": preset, "device": device, **r, "sampling": s, "ok": ok,
             "seconds": round(time.perf_counter() - t0, 2)}
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compress3d_lite.stages.precision_check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    ap.add_argument("--precision", nargs="+", choices=sorted(DTYPES), default=None,
-                    help="precisions to check (default: each preset's own; on a CPU bf16)")
-    ap.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS), help="GPU presets to check")
-    ap.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=list(STAGE_NAMES), help="stages to check")
-    ap.add_argument("--steps", type=int, default=3, help="training steps per check (default 3)")
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    a = ap.parse_args(argv)
-    if a.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
-    results = []
-    for preset in a.presets:
-        for precision in a.precision or [None]:
-            for stage in a.stages:
-                r = check(stage, preset, precision, a.device, a.steps)
-                results.append(r)
-                print(f"{'ok  ' if r['ok'] else 'FAIL'} {preset:9s} {stage:9s} {r['precision']} on {a.device}"
-                      f" (preset: {r['preset_precision']}): losses {', '.join(f'{x:.4f}' for x in r['losses'])};"
-                      f" sampling {r['sampling']['finite']}; {r['seconds']:.1f} s", flush=True)
-    if a.json:
-        from ..data.io import atomic_write_bytes
-
-        atomic_write_bytes(a.json, json.dumps(results, indent=1).encode())
-    return 0 if all(r["ok"] for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
