@@ -26,6 +26,7 @@ or dual) stays with the model that knows its conditions.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -217,11 +218,13 @@ def sample(denoise, shape, cfg, steps: int | None = None, sampler: str | None = 
         from tqdm.auto import tqdm
 
         timesteps = tqdm(timesteps, **{"desc": "denoise", "leave": False, **progress})
+    # the stochastic samplers draw their step noise from `generator`; the others take no generator
+    noise = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for i, t in enumerate(timesteps):
         tt = torch.full((shape[0],), float(t), device=device) if flow else \
             torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         out = denoise(x if flow else scheduler.scale_model_input(x, t), tt)
-        step = scheduler.step(out, t, x, generator=generator)
+        step = scheduler.step(out, t, x, **noise)
         if callback is not None:
             x0 = getattr(step, "pred_original_sample", None)
             callback(i, int(t), x, x0 if x0 is not None else clean_estimate(scheduler, x, t, out))
