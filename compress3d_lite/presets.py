@@ -231,5 +231,6 @@ def unet_preset(name: str, model: dict | None = None, train: dict | None = None,
 # ----------------------------------------------------------------------------------- GPUs
 
 
-# how many GPUs each stage of a GPU preset is planned for (the dry run's wall-clock estimates)
-GPUS = {"a100_full": {"ae": 8, "embed": 8, "prior": 2, "diffusion": 8}, "colab_t4": 1}  # what each preset is for
+# each GPU preset's GPU and how many of them each stage is planned for (the dry run's wall-clock estimates)
+GPUS = {"colab_t4": ("t4", {"ae": 1, "embed": 1, "prior": 1, "diffusion": 1}),
+        "a100_full": ("a100", {"ae": 8, "embed": 8, "prior": 2, "diffusion": 8})}

@@ -224,6 +224,14 @@ def test_each_shared_fact_is_defined_in_config_only():
     assert homes == {name: ["config.py"] for name in SHARED_FACTS}
 
 
+def test_the_gpu_presets_are_the_ones_with_gpus():
+    from compress3d_lite.config import GPU_PRESETS, STAGE_NAMES
+    from compress3d_lite.presets import GPUS
+
+    assert tuple(GPUS) == GPU_PRESETS  # config names them for the command line, presets.py says which GPU
+    assert all(set(counts) == set(STAGE_NAMES) for _, counts in GPUS.values())
+
+
 def test_the_one_home_check_sees_a_second_copy():
     assert "AMBIENT" in _defined_at_top("AMBIENT = 0.35  # must match data/render.py\n")
     assert "PAPER_GUIDANCE" in _defined_at_top("PAPER_GUIDANCE: dict = {'image': 5.0}\n")

@@ -126,13 +126,12 @@ def dry_run(stage: str, preset: str, step: bool = True, measure_step: bool = Tru
                   "estimated": True},
             cpu_step={"batch": m["batch"], "seconds": m["seconds"], "loss": m["loss"], "logs": m["logs"],
                       "optimizer_step": m["step_ran"], "skipped": m.get("step_skipped"), "threads": torch.get_num_threads()})
-        gpus = GPUS.get(preset)
-        gpus = gpus.get(stage) if isinstance(gpus, dict) else gpus
+        gpu, counts = GPUS.get(preset, (None, {}))
+        gpus = counts.get(stage)
         if gpus:  # FLOP time + memory-bound time
-            gpu = "a100" if preset == "a100_full" else "t4"
             per_step = report["time"][f"{gpu}_s"] + report["time"][f"{gpu}_memory_bound_s"]
             hours = tcfg.steps * per_step / 3600
-            report["full_run"] = {"gpus": gpus, "gpu": "A100" if preset == "a100_full" else "T4",
+            report["full_run"] = {"gpus": gpus, "gpu": gpu.upper(),
                                   "steps": tcfg.steps, "hours": hours, "gpu_hours": hours * gpus, "estimated": True}
     report["memory"] = estimate_memory(model["total"], model["trainable"], act, tcfg.batch_size, tcfg.mixed_precision,
                                        chk, s.grad_checkpoint)
