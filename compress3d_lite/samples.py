@@ -13,9 +13,15 @@ The repository's ``data_samples/`` folder is found by one rule, the same for eve
 The first folder that exists is used. Asking for a file that is not there raises
 ``SamplesNotFound`` naming the file and every place that was looked at.
 
-    from compress3d_lite.samples import sample_path, shipped_checkpoint
+    from compress3d_lite.samples import sample_path, shipped_checkpoint, stored_result
     sample_path("toyshapes", "images", "000003_0.png")   # a toy render
     shipped_checkpoint("vae_course")                      # a checkpoint folder
+    stored_result("sweep_course_val.json")                # a kept measurement (benchmarks/results)
+
+The kept measurements of ``benchmarks/results/`` (the validation sweep, the test-split reports, the
+dry runs, the paper-format tables) travel the same way, as ``compress3d_lite/results/`` inside the
+installed package, or ``benchmarks/results/`` beside the package folder in a source checkout, so a
+notebook copied anywhere (Colab) shows them.
 """
 
 from __future__ import annotations
@@ -64,3 +70,14 @@ def sample_path(*parts: str) -> Path:
 def shipped_checkpoint(name: str) -> Path:
     """The folder of a shipped checkpoint, e.g. ``vae_course``, ``embed_course``, ``unet_course``."""
     return sample_path("checkpoints", name)
+
+
+def stored_result(*parts: str) -> Path:
+    """A kept measurement under ``benchmarks/results/`` (installed as ``compress3d_lite/results/``);
+    ``SamplesNotFound`` naming both places when it is in neither."""
+    places = [("installed package", _PACKAGE / "results"), ("source checkout", _PACKAGE.parent / "benchmarks" / "results")]
+    for _, folder in places:
+        if folder.joinpath(*parts).exists():
+            return folder.joinpath(*parts)
+    raise SamplesNotFound(f"{Path(*parts)}: not among the stored results (looked in "
+                          + "; ".join(f"{where}: {folder}" for where, folder in places) + ")")

@@ -186,14 +186,16 @@ def test_notebooks_are_committed_without_outputs():
 def test_notebooks_find_shipped_files_through_the_package_not_relative_paths():
     for p in NOTEBOOKS:
         code = "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
-        assert not re.search(r"[\"']\.\./|data_samples/|sys\.path\.insert", code), p.name
+        # a copied notebook (Colab) has no clone around it: shipped files and kept results come through
+        # compress3d_lite.samples (sample_path, shipped_checkpoint, stored_result), never from the folders
+        assert not re.search(r"[\"']\.\./|data_samples/|sys\.path\.insert|benchmarks|Path\.cwd\(\)|\.parents\[", code), p.name
 
 
 def test_file_names_in_prose_and_docstrings_exist():
     """`models/prior.py`, ``stages/vae.py``, (evaluation/paper.py): every Python file the docs,
     notebooks and docstrings name is one the repository holds (a move renames it everywhere)."""
     ours = ("compress3d_lite/", "tests/", "benchmarks/", "docs/", ".ci/", "models/", "stages/", "data/",
-            "evaluation/", "training/", "cli/")
+            "evaluation/", "training/", "cli/", "inference/", "scaling/")
     files = [str(p.relative_to(ROOT)) for p in tracked(".py")] + [
         str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if ".git" not in p.parts]
     names = {Path(f).name for f in files}

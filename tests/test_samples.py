@@ -1,5 +1,6 @@
 """Shipped files are found after any kind of install, by one rule (docs/design.md §6.1)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -84,3 +85,12 @@ def test_pyproject_packages_every_subpackage_and_the_data_samples():
     assert on_disk <= set(cfg["packages"]), f"not packaged: {on_disk - set(cfg['packages'])}"
     assert cfg["package-dir"]["compress3d_lite.data_samples"] == "data_samples"
     assert cfg["package-data"]["compress3d_lite.data_samples"] == ["**/*"]
+
+
+def test_kept_results_are_found_through_the_package_and_a_missing_one_is_named():
+    from compress3d_lite.samples import SamplesNotFound, stored_result
+
+    assert json.loads(stored_result("sweep_course_val.json").read_text())["best"]  # the validation sweep
+    assert sorted(p.name for p in stored_result("dry_run").glob("*.json"))  # the kept dry runs
+    with pytest.raises(SamplesNotFound, match=r"nope\.json: not among the stored results \(looked in installed"):
+        stored_result("nope.json")

@@ -241,7 +241,8 @@ def add_parsers(sub) -> None:
     evr.add_argument("--views", type=int, default=4, help="rendered views per asset (default %(default)s)")
     evr.add_argument("--view-res", type=int, default=128, help="render resolution (default %(default)s)")
     evr.add_argument("--mesh-res", type=int, default=64, help="marching-cubes grid (default %(default)s)")
-    evr.add_argument("--steps", type=int, default=25, help="DDIM steps (default %(default)s)")
+    evr.add_argument("--steps", type=int, default=25,
+                     help="steps of the checkpoint's sampler (default %(default)s, the protocol's)")
     evr.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     evr.add_argument("--ablations", default="prior",
                      help="comma list of prior, guidance, attention, attn_res; or all / none (default %(default)s)")

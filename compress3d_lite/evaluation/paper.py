@@ -10,7 +10,8 @@ protocol.py holds it, its cameras and its test set):
                   cycle: n = 56 is 4 of each of the 14)
     input         one view per object at a random orbit camera (seeded by the object), input_res
                   px, composited on white -- what the pipeline sees
-    generation    DDIM ``steps`` with the pipeline's guidance, seed 0, marching cubes at mesh_res^3
+    generation    the checkpoint's sampler at ``steps`` steps with the pipeline's guidance, seed 0,
+                  marching cubes at mesh_res^3
     rendered      ``views`` fixed cameras (azimuth 45 + k 360/views degrees, elevation 20 degrees,
     views         radius 4.6, fov 40) at view_res px, shaded vertex colours on white; the same
                   cameras render the ground-truth object (the reference set)
@@ -190,7 +191,7 @@ def evaluate_paper(pipeline="course", protocol: Protocol | None = None, ablation
     report = {
         "pipeline": str(pipeline), "protocol": asdict(p), "split_seed": SPLITS[p.split],
         "fid_features": scorer.feature_info, "clip_tower": pipe.tower.identity(), "fid_floor_real_vs_real": scorer.floor,
-        "guidance": {"image": gi, "shape": gs},
+        "guidance": {"image": gi, "shape": gs}, "sampler": pipe.sampler,
         "latent_size": 3 * vc.latent_channels * vc.latent_res ** 2,
         "latent_shape": [3, vc.latent_channels, vc.latent_res, vc.latent_res],
         "train_objects": pipe.unet_cfg.get("data", {}).get("n_objects"), "train_hours": _train_hours(parts),
@@ -238,8 +239,8 @@ def format_markdown(r: dict) -> str:
         f"# Evaluation in the paper's format: pipeline `{r['pipeline']}`",
         "",
         f"{p['n']} held-out toy objects ({p['split']} split, seed {r['split_seed']}), input {p['input_res']} px, "
-        f"{p['views']} views x {p['view_res']} px on white per asset ({n_img} images per set), DDIM {p['steps']} "
-        f"steps, guidance image {r['guidance']['image']:g} / shape {r['guidance']['shape']:g}, marching cubes "
+        f"{p['views']} views x {p['view_res']} px on white per asset ({n_img} images per set), "
+        f"{r.get('sampler', 'ddim')} {p['steps']} steps, guidance image {r['guidance']['image']:g} / shape {r['guidance']['shape']:g}, marching cubes "
         f"{p['mesh_res']}^3. FID features: **{feat['name']}** ({feat['dim']}-d"
         f"{'' if feat['standard'] else '; not Inception, so not on the paper scale'}). CLIP similarity: "
         f"{r['clip_tower']['name']} image tower. For scale, FID between the reference renders and those of "
@@ -256,9 +257,16 @@ def format_markdown(r: dict) -> str:
             "seconds": f"{_f(m['seconds_per_shape'], '.2f')} ({r['device']})",
             "data": f"{r['train_objects']} toy objects",
             "gpu_hours": f"{_f(hours, '.2f')} CPU-hours" if hours is not None else "-"}
-    for key, name in (("fid", "FID ↓"), ("clip", "CLIP similarity ↑"), ("latent", "Latent size ↓"),
+    # FID is comparable only under the same features: the paper's (Inception) and ours share a row only when ours are
+    # Inception too; otherwise each stands in a row of its own
+    fid_rows = [("fid", "FID ↓")] if feat["standard"] else [("fid_paper", "FID ↓ (Inception features)"),
+                                                            ("fid_ours", f"FID ↓ ({feat['name']} features)")]
+    paper = {name: {**P[name], "fid_paper": P[name]["fid"], "fid_ours": "-"} for name in P}
+    ours.update(fid_paper="-", fid_ours=ours["fid"])
+    for key, name in (*fid_rows, ("clip", "CLIP similarity ↑"), ("latent", "Latent size ↓"),
                       ("seconds", "Time per shape (s)"), ("data", "Training data"), ("gpu_hours", "Training GPU-hours")):
-        lines.append(f"| {name} | {P['Shap-E'][key]} | {P['OpenLRM'][key]} | {P['Compress3D'][key]} | {ours[key]} |")
+        lines.append(f"| {name} | {paper['Shap-E'][key]} | {paper['OpenLRM'][key]} | {paper['Compress3D'][key]} | "
+                     f"{ours[key]} |")
     lines += [f"| IoU / Chamfer-L1 / F@0.02 | - | - | not reported | {_f(m['iou_median'])} / "
               f"{_f(m['chamfer_l1_median'], '.4f')} / {_f(m['f_score_mean'])} |",
               f"| CLIP sim. to the input image | - | - | - | {_f(m['clip_sim_input'])} |", ""]
