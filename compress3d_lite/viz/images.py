@@ -69,6 +69,7 @@ def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px
     if depth.size:  # one colour scale for all depth maps, so views compare
         fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=float(depth.min()),
                                          cmax=float(depth.max()), colorbar=dict(title="depth", thickness=12)))
-    fig.update_layout(width=panel_px * cols + 80, height=(panel_px + (30 if titles else 5)) * rows + 20,
-                      margin=dict(l=5, r=5, t=30 if titles else 5, b=5), plot_bgcolor="rgba(0,0,0,0)")
+    top = 55 if titles else 30  # room for the modebar above the first row's titles, so it covers none of them
+    fig.update_layout(width=panel_px * cols + 80, height=(panel_px + (30 if titles else 5)) * rows + top - 10,
+                      margin=dict(l=5, r=5, t=top, b=5), plot_bgcolor="rgba(0,0,0,0)")
     return fig
