@@ -22,10 +22,15 @@ def check_seed(seed, n: int = 1, option: str = "--seed") -> None:
                                                            if n > 1 else "") + f", got {seed}")
 
 
-GENERATE_FLAGS = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
-                  "shape_guidance_scale": "--guidance-shape", "batch_size": "--batch-size", "format": "--format",
-                  "sampler": "--sampler", "prior_steps": "--prior-steps", "start": "--start",
-                  "use_prior=False": "--no-prior"}
+# a library argument whose option has another name (the rest: ``seed`` is --seed, ``batch_size`` --batch-size)
+OPTION_OF = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
+             "shape_guidance_scale": "--guidance-shape", "use_prior=False": "--no-prior", "out_dir": "--out",
+             "uids_file": "--uids", "spec": "--views/--res/--points/--occ"}
+# the pipeline's checks name its arguments bare (``num_inference_steps must be ...``): generate's words for them
+GENERATE_FLAGS = {**{name: OPTION_OF[name] for name in ("num_inference_steps", "mesh_resolution", "image_guidance_scale",
+                                                        "shape_guidance_scale", "use_prior=False")},
+                  "batch_size": "--batch-size", "format": "--format", "sampler": "--sampler",
+                  "prior_steps": "--prior-steps", "start": "--start"}
 
 
 def as_flags(error: Exception, flags: dict = GENERATE_FLAGS) -> CLIError:
@@ -37,9 +42,6 @@ def as_flags(error: Exception, flags: dict = GENERATE_FLAGS) -> CLIError:
     return CLIError(text)
 
 
-# a library argument whose option has another name (the rest: ``seed`` is --seed, ``batch_size`` --batch-size)
-OPTION_OF = {"num_inference_steps": "--steps", "mesh_resolution": "--res", "image_guidance_scale": "--guidance-image",
-             "shape_guidance_scale": "--guidance-shape", "use_prior=False": "--no-prior", "out_dir": "--out"}
 _NAMED = re.compile(r"`(\w+)(?:=([^`\s]+))?`")
 
 

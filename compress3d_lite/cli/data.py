@@ -10,18 +10,6 @@ from pathlib import Path
 
 from .common import EXIT_BAD_INPUT, CLIError, add_sampling_args, group, spec_from_args
 
-# the data library's arguments whose options are named otherwise here (``main`` turns every other
-# backticked argument into its option: `seed` is --seed, `overwrite=True` --overwrite)
-DATA_OPTIONS = {"`out_dir`": "`out`", "`uids_file`": "`uids`", "`spec`": "--views/--res/--points/--occ"}
-
-
-def in_data_terms(e: Exception) -> CLIError:
-    """A data-library error in this command group's words (``DATA_OPTIONS``)."""
-    text = str(e)
-    for name, option in DATA_OPTIONS.items():
-        text = text.replace(name, option)
-    return CLIError(text)
-
 
 def cmd_toyshapes(args):
     from ..data.io import OutputError, writing_into
@@ -39,7 +27,7 @@ def cmd_toyshapes(args):
             write_toyshapes(args.n, args.out, spec, seed=args.seed, workers=args.workers, png=args.png,
                             start=args.start)
     except OutputError as e:
-        raise in_data_terms(e) from None
+        raise CLIError(str(e)) from None  # main shows its backticked arguments as flags
     dt = time.time() - t0
     print(f"wrote {args.n} objects to {args.out} in {dt:.1f} s ({args.n / dt:.1f} objects/s)")
     return 0
@@ -54,7 +42,7 @@ def cmd_import(args):
         with writing_into(args.out, "data", what="data command"):
             entries, failures = import_files(args.paths, args.out, spec, seed=args.seed)
     except OutputError as e:
-        raise in_data_terms(e) from None
+        raise CLIError(str(e)) from None  # main shows its backticked arguments as flags
     if entries:
         print(f"imported {len(entries)} object(s) into {args.out}")
     else:
@@ -84,7 +72,7 @@ def cmd_objaverse(args):
                     seed=args.seed, workers=args.workers, timeout=args.timeout, quality=quality,
                     threshold=args.threshold)
     except ObjaverseError as e:
-        raise in_data_terms(e) from None
+        raise CLIError(str(e)) from None  # main shows its backticked arguments as flags
     c = m["counts"]
     print(f"objaverse: {c['requested']} requested: {c['done_now']} done now, {c['skipped_done']} skipped (done), "
           f"{c['failed']} failed, {c['filtered']} filtered; {c['total_ok']} objects in "
