@@ -85,16 +85,26 @@ def psnr(pred_rgb, gt_rgb, max_value: float = 1.0) -> float:
 # ----------------------------------------------------------------------------- embeddings (stage 2-3)
 
 
+def _sample_colour_errors(pred_rgb, gt_rgb) -> np.ndarray:
+    """(n,) mean absolute colour error of each sample, averaged over the channels."""
+    return np.abs(np.asarray(pred_rgb, np.float64) - np.asarray(gt_rgb, np.float64)).mean(axis=1)
+
+
+def part_colour_errors(pred_rgb, gt_rgb, parts) -> dict:
+    """{part index: mean absolute colour error of its samples} for the parts present in ``parts`` (n,)."""
+    err, parts = _sample_colour_errors(pred_rgb, gt_rgb), np.asarray(parts)
+    return {int(k): float(err[parts == k].mean()) for k in np.unique(parts)}
+
+
 def colour_error(pred_rgb, gt_rgb, parts=None) -> dict:
     """Mean absolute colour error (rgb in [0, 1], averaged over the channels) of samples (n, 3):
     ``colour_err`` over all samples (area-weighted: a big part dominates), and with ``parts`` (n,)
     ``colour_err_parts``, the mean of the per-part errors (each part counts once, however small),
     and ``colour_err_worst_part`` with its part index ``worst_part``."""
-    err = np.abs(np.asarray(pred_rgb, np.float64) - np.asarray(gt_rgb, np.float64)).mean(axis=1)  # (n,)
+    err = _sample_colour_errors(pred_rgb, gt_rgb)  # (n,)
     out = {"colour_err": float(err.mean())}
     if parts is not None:
-        parts = np.asarray(parts)
-        per_part = {int(k): float(err[parts == k].mean()) for k in np.unique(parts)}
+        per_part = part_colour_errors(pred_rgb, gt_rgb, parts)
         worst = max(per_part, key=per_part.get)
         out.update(colour_err_parts=float(np.mean(list(per_part.values()))), colour_err_worst_part=per_part[worst],
                    worst_part=worst)
