@@ -187,3 +187,12 @@ def test_unsupported_suffix_writes_nothing(tmp_path):
     with pytest.raises(MeshingError, match="unsupported output format"):
         save_mesh(mesh, tmp_path / "ball.stl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worst_rows_come_first_and_a_missing_value_is_the_worst():
+    from compress3d_lite.evaluation.report import worst
+
+    iou = [0.9, 0.4, None, 0.7, float("nan"), 0.2]
+    assert worst(iou, k=4) == [2, 4, 5, 1]  # missing first (in order), then lowest
+    assert worst([0.01, 0.05, 0.02], k=1, higher_is_better=False) == [1]  # a distance: largest is worst
+    assert worst([1.0, 2.0], k=5) == [0, 1]  # k larger than the list

@@ -252,3 +252,97 @@ def test_compare_meshes_puts_each_mesh_in_its_own_scene_with_the_right_shading(t
         _scene_is_y_up_cube(scene)
     with pytest.raises(ValueError, match="titles"):
         viz.compare_meshes([ball], ["a", "b"])
+
+
+# -- figures that render anywhere (viz.static, notebook.start) ---------------------------------
+
+
+def _tiny_figure() -> go.Figure:
+    return go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+
+
+def test_the_static_renderer_stores_a_png_beside_the_interactive_figure(monkeypatch):
+    import base64
+
+    from compress3d_lite.viz import static
+
+    calls = []
+    monkeypatch.setattr(static.pio, "to_image", lambda fig, **kw: calls.append(kw) or b"\x89PNG fake")
+    bundle = static.InteractiveAndPng().to_mimebundle(_tiny_figure().to_dict())
+    assert set(bundle) == {"application/vnd.plotly.v1+json", "image/png"}
+    assert base64.b64decode(bundle["image/png"]) == b"\x89PNG fake" and calls[0]["format"] == "png"
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["type"] == "scatter"
+
+
+def test_the_static_renderer_stays_interactive_when_no_png_can_be_drawn(monkeypatch, caplog):
+    from compress3d_lite.viz import static
+
+    calls = []
+
+    def no_browser(fig, **kw):
+        calls.append(1)
+        raise RuntimeError("no Chrome found\nlong traceback")
+
+    monkeypatch.setattr(static.pio, "to_image", no_browser)
+    renderer = static.InteractiveAndPng()
+    with caplog.at_level("WARNING", logger=static.log.name):
+        first = renderer.to_mimebundle(_tiny_figure().to_dict())
+        second = renderer.to_mimebundle(_tiny_figure().to_dict())
+    assert set(first) == set(second) == {"application/vnd.plotly.v1+json"}
+    assert len(calls) == 1  # tried once, then off for the session
+    assert "static figure images are off" in caplog.text and "no Chrome found" in caplog.text
+    assert "long traceback" not in caplog.text
+
+
+def test_static_figures_are_off_on_colab_and_when_asked(monkeypatch):
+    import sys
+
+    from compress3d_lite.viz import static
+
+    monkeypatch.setattr(static.importlib.util, "find_spec", lambda name: object())  # kaleido "installed"
+    monkeypatch.delenv(static.STATIC_ENV, raising=False)
+    assert static.static_figures_wanted()
+    monkeypatch.setenv(static.STATIC_ENV, "0")
+    assert not static.static_figures_wanted()
+    monkeypatch.delenv(static.STATIC_ENV)
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    assert not static.static_figures_wanted()
+    monkeypatch.delitem(sys.modules, "google.colab")
+    monkeypatch.setattr(static.importlib.util, "find_spec", lambda name: None)  # no kaleido
+    assert not static.static_figures_wanted()
+
+
+def test_notebook_start_seeds_and_sets_the_renderer(monkeypatch, capsys):
+    import plotly.io as pio
+    import torch
+
+    from compress3d_lite import notebook
+    from compress3d_lite.viz import static
+
+    monkeypatch.setenv("C3D_FAST", "1")
+    monkeypatch.setattr(static, "static_figures_wanted", lambda: True)
+    monkeypatch.setattr(static, "start_browser", lambda: None)  # no real browser in this test
+    monkeypatch.setattr(pio.renderers, "default", pio.renderers.default)  # restored afterwards
+    threads = torch.get_num_threads()
+    try:
+        fast, device = notebook.start(seed=3)
+        a = torch.rand(2)
+        notebook.start(seed=3)
+        assert torch.equal(a, torch.rand(2))  # seeded
+    finally:
+        torch.set_num_threads(threads)
+    assert fast is True and device in ("cpu", "cuda", "mps")
+    assert pio.renderers.default == static.RENDERER
+    assert "fast mode True | figures interactive + PNG" in capsys.readouterr().out
+
+
+def test_a_real_png_when_kaleido_finds_a_browser():
+    """The exporter itself, end to end; skipped on a machine with no kaleido or no Chrome/Chromium."""
+    pytest.importorskip("kaleido")
+    import plotly.io as pio
+
+    try:
+        png = pio.to_image(_tiny_figure(), format="png", width=200, height=150)
+    except Exception as e:  # noqa: BLE001 - kaleido's many ways to find no browser
+        pytest.skip(f"kaleido could not draw here: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

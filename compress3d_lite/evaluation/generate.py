@@ -127,20 +127,28 @@ class Bench:
     extra_views: dict = field(default_factory=dict)  # view_res -> [(image, camera)] per case
 
 
+def case_input(item, n_points: int) -> tuple:
+    """(points, colors, RGBA view (H, W, 4) uint8, cam2world (1, 4, 4)) of one held-out item: the
+    shape tower's points, then the input view, drawn from the item's generator in the order every
+    report of this module draws them. Regenerating one object of a stored report starts here."""
+    points, colors = surface_points(item, n_points)
+    rgba, cam = input_view(item, VIEW_RES)
+    return points, colors, rgba, cam
+
+
 def make_bench(pipeline="course", split: str = "test", n: int = 56, device: str | None = None) -> Bench:
     """Load the pipeline and draw every case (the random draws depend on the split and object only)."""
     items = held_out(split, n, "generate", min_n=2)
     pipe = pipeline if not isinstance(pipeline, (str, dict)) and hasattr(pipeline, "unet") else \
         Compress3DPipeline.from_pretrained(pipeline, device=device)
     pipe.set_progress_bar_config(disable=True)
-    n_points = pipe.shape_points
-    gallery = torch.cat([embed_points(pipe.shape_tower, *surface_points(item, n_points)) for item in items])
+    inputs = [case_input(item, pipe.shape_points) for item in items]
+    gallery = torch.cat([embed_points(pipe.shape_tower, points, colors) for points, colors, _, _ in inputs])
     cats = torch.tensor([CATEGORY_NAMES.index(item.category) for item in items])
     vae_points = int(pipe.vae_cfg.get("train", {}).get("n_points", 2048))
     n_iou, n_surface = POINTS["generate"].iou, POINTS["generate"].surface
     cases = []
-    for item in items:
-        rgba, cam = input_view(item, VIEW_RES)
+    for item, (_, _, rgba, cam) in zip(items, inputs):
         gt_points, gt_colors, gt_parts = surface_samples(item, n_surface)
         queries, inside = occupancy_queries(item, n_iou)
         near = surface_points(item, n_iou)[0] + item.rng.normal(0.0, NEAR_SIGMA, size=(n_iou, 3))

@@ -1,4 +1,5 @@
-"""What every evaluator's report shares: strict-JSON cleaning, the atomic write, target checks."""
+"""What every evaluator's report shares: strict-JSON cleaning, the atomic write, target checks,
+and the worst rows to look at."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def check_targets(values: dict, targets: dict) -> dict:
 def target_line(name: str, t: dict) -> str:
     value = t["value"] if not isinstance(t["value"], float) else f"{t['value']:.4f}"
     return f"target {name:<13} {t['target']:<8} {value}  {'PASS' if t['pass'] else 'FAIL'}"
+
+
+def worst(values, k: int = 3, higher_is_better: bool = True) -> list:
+    """Indices of the ``k`` worst of ``values`` (one number per held-out object), worst first. A
+    missing value (None or nan: no mesh at all, say) counts as worse than any number."""
+    def badness(i):
+        v = values[i]
+        missing = v is None or not np.isfinite(v)
+        return (not missing, 0.0 if missing else (v if higher_is_better else -v))
+    return sorted(range(len(values)), key=badness)[:k]
 
 
 def write_report(report: dict, path) -> Path:
