@@ -8,11 +8,15 @@
   2-core machine wait on each other (we measured 3-30x slower steps);
 * makes figures render anywhere (``viz.static``): interactive with a kernel, a PNG without;
 * prints one line saying all of this, and on a Colab session without a GPU how to get one.
+
+``your_turn`` runs the check of a "your turn" cell: a short function the learner writes, compared
+with the library's.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import torch
 
@@ -33,3 +37,16 @@ def start(seed: int = 0) -> tuple[bool, str]:
     if "google.colab" in sys.modules and device == "cpu":
         print("No GPU in this Colab session: Runtime > Change runtime type > T4 GPU gives full-size runs.")
     return fast, device
+
+
+def your_turn(check: Callable[[], object], solution: str) -> bool:
+    """Run the check of a "your turn" cell. While the learner's function still raises
+    ``NotImplementedError`` it prints where to start and where the worked solution is; when the
+    check passes it says so; a wrong answer fails loudly with the check's own assertion."""
+    try:
+        check()
+    except NotImplementedError:
+        print(f"Your turn: fill in the function above and run this cell again (worked solution: {solution}).")
+        return False
+    print("Correct: your function agrees with the library.")
+    return True

@@ -346,3 +346,21 @@ def test_a_real_png_when_kaleido_finds_a_browser():
     except Exception as e:  # noqa: BLE001 - kaleido's many ways to find no browser
         pytest.skip(f"kaleido could not draw here: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_your_turn_waits_for_the_learner_and_fails_a_wrong_answer(capsys):
+    from compress3d_lite.notebook import your_turn
+
+    def not_yet():
+        raise NotImplementedError
+
+    assert your_turn(not_yet, "solutions/x.ipynb") is False
+    assert "Your turn" in capsys.readouterr().out
+    assert your_turn(lambda: None, "solutions/x.ipynb") is True
+    assert "Correct" in capsys.readouterr().out
+
+    def wrong():
+        assert 1 + 1 == 3, "your IoU is 0.5, the library's 0.4"
+
+    with pytest.raises(AssertionError, match="library's 0.4"):
+        your_turn(wrong, "solutions/x.ipynb")
