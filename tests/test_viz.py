@@ -364,3 +364,12 @@ def test_your_turn_waits_for_the_learner_and_fails_a_wrong_answer(capsys):
 
     with pytest.raises(AssertionError, match="library's 0.4"):
         your_turn(wrong, "solutions/x.ipynb")
+
+
+def test_a_2d_map_is_named_by_its_value_not_always_depth():
+    alpha = np.zeros((8, 8), np.uint8)
+    alpha[2:6, 2:6] = 255
+    fig = viz.image_grid([alpha], titles=["alpha"], value_name="alpha")
+    assert fig.layout.coloraxis.colorbar.title.text == "alpha"
+    assert fig.data[0].hovertemplate.startswith("alpha")
+    assert viz.image_grid([alpha.astype(float)]).layout.coloraxis.colorbar.title.text == "depth"  # the default

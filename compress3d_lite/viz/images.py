@@ -39,10 +39,12 @@ def _as_image_list(images) -> list:
     return [np.asarray(im) for im in images]
 
 
-def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px=200) -> go.Figure:
+def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px=200,
+               value_name: str = "depth") -> go.Figure:
     """A grid of images: RGB(A) arrays (H, W, 3|4) are composited over ``background`` and drawn
-    with ``go.Image``; 2-D arrays are depth maps, drawn as heatmaps on one shared colour scale
-    with 0 (background) left transparent."""
+    with ``go.Image``; 2-D arrays are maps of one value (``value_name``: depth by default, or an
+    alpha mask, ...), drawn as heatmaps on one shared colour scale named after it, with 0
+    (background) left transparent."""
     ims = _as_image_list(images)
     for k, im in enumerate(ims):
         if not (im.ndim == 2 or (im.ndim == 3 and im.shape[-1] in (3, 4))):
@@ -62,13 +64,13 @@ def image_grid(images, titles=None, cols=4, background=(255, 255, 255), panel_px
         else:
             z = np.where(im > 0, im, np.nan).astype(np.float32)
             fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis",
-                                     hovertemplate="depth %{z:.3f}<extra></extra>"), row=row, col=col)
+                                     hovertemplate=value_name + " %{z:.3f}<extra></extra>"), row=row, col=col)
             fig.update_yaxes(autorange="reversed", scaleanchor=f"x{k + 1 if k else ''}", row=row, col=col)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    if depth.size:  # one colour scale for all depth maps, so views compare
+    if depth.size:  # one colour scale for all 2-D maps, so views compare
         fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=float(depth.min()),
-                                         cmax=float(depth.max()), colorbar=dict(title="depth", thickness=12)))
+                                         cmax=float(depth.max()), colorbar=dict(title=value_name, thickness=12)))
     top = 55 if titles else 30  # room for the modebar above the first row's titles, so it covers none of them
     fig.update_layout(width=panel_px * cols + 80, height=(panel_px + (30 if titles else 5)) * rows + top - 10,
                       margin=dict(l=5, r=5, t=top, b=5), plot_bgcolor="rgba(0,0,0,0)")
