@@ -212,3 +212,16 @@ def test_file_names_in_prose_and_docstrings_exist():
             if not ok:
                 bad.append(f"{path}: {ref}")
     assert not bad, "names of files that do not exist:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_no_markdown_line_starts_with_a_plus_or_star_inside_formula_text():
+    """A wrapped line of a formula that starts with '+ ' (or '* ') becomes a list item in every
+    markdown renderer, breaking the formula in two (07's dual-guidance formula did)."""
+    bad = []
+    for p in NOTEBOOKS:
+        for i, c in enumerate(_nb(p)["cells"]):
+            if c["cell_type"] == "markdown":
+                bad += [f"{p.name} cell {i}: {line.strip()[:60]}" for line in "".join(c["source"]).splitlines()
+                        if re.match(r"^\s+[+*] ", line)]
+    assert not bad, bad
+    assert re.match(r"^\s+[+*] ", "  + s_s\\,[f(i,s)]$")  # what the check catches
