@@ -1,9 +1,13 @@
 """The repository stands alone: every citation and link points at something it holds, every
 notebook carries the same Colab setup cell, and the package ships what its callers look for."""
 
+import ast
+import importlib.metadata
 import json
 import re
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -225,3 +229,44 @@ def test_no_markdown_line_starts_with_a_plus_or_star_inside_formula_text():
                         if re.match(r"^\s+[+*] ", line)]
     assert not bad, bad
     assert re.match(r"^\s+[+*] ", "  + s_s\\,[f(i,s)]$")  # what the check catches
+
+
+def _imported_modules(source: str) -> set[str]:
+    """Top-level names of the absolute imports in Python source (IPython magics and shell lines dropped)."""
+    tree = ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# ours, and IPython: the kernel a notebook runs in (ipykernel, in the dev extra, requires it)
+KERNEL = {"compress3d_lite", "IPython"}
+
+
+def test_what_the_tests_and_notebooks_import_is_a_requirement_of_the_quick_start():
+    """The README's quick start installs the package and its `dev` extra, then runs tests and
+    notebooks: every third-party module they import comes from a distribution named there (a
+    module installed here by hand, as nbclient once was, fails a new user's first pytest)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_canonical(re.match(r"[A-Za-z0-9_.-]+", r).group(0))
+              for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    providers = importlib.metadata.packages_distributions()
+    sources = {str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "tests").glob("*.py"))}
+    sources |= {p.name: "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
+                for p in COURSE}
+    bad = []
+    for where, source in sources.items():
+        for module in sorted(_imported_modules(source) - set(sys.stdlib_module_names) - KERNEL):
+            dists = {_canonical(d) for d in providers.get(module, [])}
+            if not dists & wanted:
+                bad.append(f"{where}: {module} ({', '.join(sorted(dists)) or 'not installed here'})")
+    assert not bad, "imports no requirement of the quick start provides:\n" + "\n".join(bad)
+    assert _imported_modules("%matplotlib inline\nfrom nbclient import X\nimport a.b\nfrom . import c") == {"nbclient", "a"}
