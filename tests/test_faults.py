@@ -139,12 +139,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_run(tmp_path, toy)
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
         out, err = proc.communicate(timeout=300)
-        if proc.returncode == 0:
-            finished = (run / "model").exists()
-            if finished:
-                break
-        else:
-            assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+        finished = (run / "model").exists()  # also when the kill came after the release was written
+        if finished:
+            break
     assert finished and kills >= 1
     _same_as_straight(run, reference)
 
