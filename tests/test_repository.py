@@ -103,6 +103,11 @@ def _nb(path):
     return json.loads(path.read_text())
 
 
+def _code(path) -> str:
+    """A notebook's code cells, joined."""
+    return "\n".join("".join(c["source"]) for c in _nb(path)["cells"] if c["cell_type"] == "code")
+
+
 def _setup_cell(nb) -> str:
     return "".join(next(c for c in nb["cells"] if c["cell_type"] == "code")["source"])
 
@@ -189,7 +194,7 @@ def test_notebooks_are_committed_without_outputs():
 
 def test_notebooks_find_shipped_files_through_the_package_not_relative_paths():
     for p in NOTEBOOKS:
-        code = "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
+        code = _code(p)
         # a copied notebook (Colab) has no clone around it: shipped files and kept results come through
         # compress3d_lite.samples (sample_path, shipped_checkpoint, stored_result), never from the folders
         assert not re.search(r"[\"']\.\./|data_samples/|sys\.path\.insert|benchmarks|Path\.cwd\(\)|\.parents\[", code), p.name
@@ -260,8 +265,7 @@ def test_what_the_tests_and_notebooks_import_is_a_requirement_of_the_quick_start
               for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
     providers = importlib.metadata.packages_distributions()
     sources = {str(p.relative_to(ROOT)): p.read_text() for p in sorted((ROOT / "tests").glob("*.py"))}
-    sources |= {p.name: "\n".join("".join(c["source"]) for c in _nb(p)["cells"] if c["cell_type"] == "code")
-                for p in COURSE}
+    sources |= {p.name: _code(p) for p in COURSE}
     bad = []
     for where, source in sources.items():
         for module in sorted(_imported_modules(source) - set(sys.stdlib_module_names) - KERNEL):
